@@ -1,0 +1,48 @@
+"""safepool: a ``concurrent.futures`` process pool that is safe by default.
+
+Workers start with forkserver/spawn (never fork unless asked), per-task
+timeouts stop the task and every process it started, a crashing task fails
+only its own future, workers are recycled by task count or memory, Ctrl-C is
+quiet, and child exceptions arrive with their child traceback.
+
+    >>> import safepool
+    >>> with safepool.Executor(max_workers=2, timeout=10) as pool:  # doctest: +SKIP
+    ...     print(list(pool.map(abs, [-1, -2])))
+    [1, 2]
+"""
+
+from safepool._errors import (
+    ForkWarning,
+    InitializerError,
+    PicklingError,
+    RemoteError,
+    RemoteTraceback,
+    TaskStoppedError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+)
+from safepool._executor import Executor, ExecutorView
+from safepool._task import TaskFunction, default_executor, task
+
+#: The stdlib's name for the same class, for drop-in use.
+ProcessPoolExecutor = Executor
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "Executor",
+    "ExecutorView",
+    "ForkWarning",
+    "InitializerError",
+    "PicklingError",
+    "ProcessPoolExecutor",
+    "RemoteError",
+    "RemoteTraceback",
+    "TaskFunction",
+    "TaskStoppedError",
+    "TaskTimeoutError",
+    "WorkerCrashedError",
+    "__version__",
+    "default_executor",
+    "task",
+]

@@ -1,0 +1,76 @@
+"""Choosing the multiprocessing start method, without touching the global one.
+
+safepool never calls ``multiprocessing.get_start_method()`` or
+``set_start_method()``: it asks for a context by name, which leaves the
+process-wide default unset for the application and for other libraries.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import threading
+import warnings
+from multiprocessing.context import BaseContext
+
+from safepool._errors import ForkWarning
+
+__all__ = ["default_start_method", "resolve_context", "warn_if_fork_unsafe"]
+
+#: Threads whose names start with this belong to safepool itself.
+THREAD_PREFIX = "safepool-"
+
+
+def default_start_method() -> str:
+    """forkserver on Linux and the other POSIX systems that have it; spawn on macOS and Windows."""
+    if sys.platform == "darwin" or sys.platform == "win32":
+        return "spawn"
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        return "forkserver"
+    return "spawn"  # pragma: no cover - POSIX without forkserver
+
+
+def resolve_context(mp_context: BaseContext | str | None) -> BaseContext:
+    """Turn ``mp_context`` (a context, a start-method name or ``None``) into a context.
+
+    Raises:
+        ValueError: for a start-method name this platform does not have.
+        TypeError: for anything that is neither a context nor a string.
+    """
+    if mp_context is None:
+        return multiprocessing.get_context(default_start_method())
+    if isinstance(mp_context, str):
+        methods = multiprocessing.get_all_start_methods()
+        if mp_context not in methods:
+            raise ValueError(
+                f"unknown start method {mp_context!r}: this platform has {', '.join(methods)}"
+            )
+        return multiprocessing.get_context(mp_context)
+    # Accept anything context-like (the stdlib's contexts, or e.g. multiprocess's
+    # for dill), as the stdlib does: it needs Process and get_start_method.
+    if callable(getattr(mp_context, "get_start_method", None)) and hasattr(mp_context, "Process"):
+        return mp_context
+    raise TypeError(
+        "mp_context must be a multiprocessing context (multiprocessing.get_context(...)) "
+        f"or a start-method name such as 'forkserver', not {type(mp_context).__name__}"
+    )
+
+
+def warn_if_fork_unsafe(context: BaseContext, stacklevel: int) -> None:
+    """Warn when workers will be forked from a parent that has other threads alive."""
+    if context.get_start_method() != "fork":
+        return
+    others = [
+        t.name
+        for t in threading.enumerate()
+        if t is not threading.current_thread() and not t.name.startswith(THREAD_PREFIX)
+    ]
+    if others:
+        warnings.warn(
+            f"safepool will start workers with 'fork' while {len(others)} other thread(s) are "
+            f"alive ({', '.join(sorted(others))}); a lock one of them holds at fork time stays "
+            "locked in the worker for ever (logging, stdout, DB drivers). Use the default "
+            "start method (forkserver/spawn) unless you need fork.",
+            ForkWarning,
+            stacklevel=stacklevel + 1,
+        )

@@ -1,0 +1,207 @@
+"""The exceptions safepool raises, and the warning it gives for ``fork``.
+
+Each one says what went wrong and what to do about it. Where a stdlib or pebble
+exception already means the same thing, safepool's exception subclasses it, so
+code written for ``concurrent.futures`` or pebble keeps catching it.
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+from concurrent.futures import TimeoutError as _FuturesTimeoutError
+from concurrent.futures.process import BrokenProcessPool
+
+from safepool._pebble import ProcessExpired, PebbleRemoteTraceback
+
+__all__ = [
+    "ForkWarning",
+    "InitializerError",
+    "PicklingError",
+    "RemoteError",
+    "RemoteTraceback",
+    "TaskStoppedError",
+    "TaskTimeoutError",
+    "WorkerCrashedError",
+    "describe_exitcode",
+]
+
+# On 3.10 concurrent.futures.TimeoutError is its own class; from 3.11 on it is
+# the builtin. Subclass both so ``except`` clauses written for either match.
+_TIMEOUT_BASES: tuple[type[BaseException], ...] = (
+    (TimeoutError,)
+    if _FuturesTimeoutError is TimeoutError
+    else (_FuturesTimeoutError, TimeoutError)
+)
+
+
+class TaskTimeoutError(*_TIMEOUT_BASES):  # type: ignore[misc]
+    """A task ran longer than its timeout; its worker and process tree were stopped.
+
+    Subclasses the builtin :class:`TimeoutError` (and, on Python 3.10,
+    ``concurrent.futures.TimeoutError``).
+
+    Attributes:
+        timeout: the timeout in seconds that expired.
+        pid: the pid of the worker that ran the task (it has been stopped and replaced).
+    """
+
+    def __init__(self, timeout: float, pid: int | None) -> None:
+        self.timeout = timeout
+        self.pid = pid
+        super().__init__(
+            f"task exceeded its timeout of {timeout:g}s in worker pid {pid}; "
+            "the worker and every process it started were stopped and the worker replaced"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.timeout, self.pid))
+
+
+def describe_exitcode(exitcode: int | None) -> str:
+    """Say in words how a process ended, from its ``Process.exitcode``."""
+    if exitcode is None:
+        return "is still running"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"was killed by {name} (exit code {exitcode})"
+    if exitcode == 0:
+        return "exited with code 0 in the middle of the task (os._exit(0) or a C library calling exit())"
+    return f"exited with code {exitcode}"
+
+
+class WorkerCrashedError(ProcessExpired, BrokenProcessPool):  # type: ignore[misc]
+    """The worker running a task died before the task finished.
+
+    Only this task's future fails; the worker is replaced and the executor stays
+    usable. Subclasses :class:`pebble.ProcessExpired` (``.exitcode``, ``.pid``)
+    and :class:`concurrent.futures.process.BrokenProcessPool`, so handlers
+    written for pebble or the stdlib still catch it.
+
+    Attributes:
+        pid: the pid of the worker that died.
+        exitcode: ``Process.exitcode``: negative for a signal (-9 is SIGKILL, as
+            from the OOM killer; -11 is SIGSEGV).
+        signal: the signal that killed the worker, or ``None`` if it exited.
+    """
+
+    def __init__(self, pid: int | None, exitcode: int | None) -> None:
+        message = (
+            f"worker pid {pid} {describe_exitcode(exitcode)} while running this task; "
+            "only this task failed and the worker was replaced"
+        )
+        ProcessExpired.__init__(self, message, code=exitcode, pid=pid)
+        self.signal: signal.Signals | None = None
+        if exitcode is not None and exitcode < 0:
+            try:
+                self.signal = signal.Signals(-exitcode)
+            except ValueError:
+                self.signal = None
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.pid, self.exitcode))
+
+
+class TaskStoppedError(Exception):
+    """A running task was stopped on purpose before it finished.
+
+    This happens when the executor is interrupted (Ctrl-C while waiting on it)
+    or shut down with :meth:`safepool.Executor.shutdown` ``(kill=True)``.
+    """
+
+    def __init__(self, reason: str, pid: int | None = None) -> None:
+        self.reason = reason
+        self.pid = pid
+        super().__init__(f"task stopped in worker pid {pid}: {reason}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.reason, self.pid))
+
+
+class RemoteTraceback(PebbleRemoteTraceback):  # type: ignore[misc]
+    """The traceback of an exception raised in a worker, set as its ``__cause__``.
+
+    Printing the parent-side exception shows this text first, the way
+    ``concurrent.futures`` does.
+
+    Attributes:
+        traceback: the formatted child traceback.
+        pid: the pid of the worker where the exception was raised.
+    """
+
+    def __init__(self, traceback: str, pid: int | None = None) -> None:
+        super().__init__(traceback)
+        self.pid = pid
+        self.args = (traceback, pid)
+
+    def __str__(self) -> str:
+        return f'\n"""\nTraceback in worker pid {self.pid}:\n{self.traceback}"""'
+
+
+class RemoteError(Exception):
+    """A child exception that could not be sent to the parent as itself.
+
+    It could not be pickled in the worker, or could not be rebuilt in the
+    parent (for instance an ``__init__`` with required arguments). safepool
+    keeps what it can: the type name, the message and the traceback text.
+
+    Attributes:
+        type_name: the qualified name of the original exception type.
+        message: ``str()`` of the original exception.
+        traceback: the child traceback text.
+        pid: the worker pid.
+    """
+
+    def __init__(
+        self, type_name: str, message: str, traceback: str = "", pid: int | None = None
+    ) -> None:
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+        self.pid = pid
+        super().__init__(f"{type_name}: {message}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.type_name, self.message, self.traceback, self.pid))
+
+
+class PicklingError(pickle.PicklingError, TypeError):
+    """Something that must cross to or from a worker process cannot be pickled.
+
+    Raised by ``submit``/``map`` at the call site for an unpicklable function or
+    argument, and set on the future for an unpicklable result. Subclasses both
+    :class:`pickle.PicklingError` and :class:`TypeError` (what the stdlib raises).
+
+    Attributes:
+        what: which object could not be pickled, e.g. ``"args[1]"``,
+            ``"kwargs['conn']"``, ``"the function"`` or ``"the result"``.
+        type_name: the type of that object.
+    """
+
+    def __init__(self, what: str, type_name: str, reason: str, hint: str = "") -> None:
+        self.what = what
+        self.type_name = type_name
+        self.reason = reason
+        self.hint = hint
+        text = f"cannot pickle {what} (type {type_name}): {reason}"
+        super().__init__(f"{text}. {hint}" if hint else text)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.what, self.type_name, self.reason, self.hint))
+
+
+class InitializerError(BrokenProcessPool):
+    """A worker's ``initializer`` failed, or workers keep dying while they start.
+
+    As in the stdlib, the executor is then broken: pending futures fail with
+    this error and ``submit`` raises it. The child traceback is the
+    ``__cause__``.
+    """
+
+
+class ForkWarning(RuntimeWarning):
+    """Warns that workers will be started with ``fork`` while other threads are alive."""
+

@@ -1,0 +1,285 @@
+"""``safepool.Executor``: the public, ``concurrent.futures``-compatible face of a pool."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import itertools
+import os
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
+from multiprocessing.context import BaseContext
+from types import TracebackType
+from typing import Any, TypeVar
+
+from safepool._context import resolve_context, warn_if_fork_unsafe
+from safepool._future import SafeFuture
+from safepool._manager import Pool, WorkItem
+from safepool._transport import dumps_call
+from safepool._validate import check_callable, check_positive_int, check_timeout
+from safepool._worker import run_chunk
+
+__all__ = ["Executor", "ExecutorView"]
+
+T = TypeVar("T")
+_UNSET: Any = object()
+
+
+def _default_max_workers() -> int:
+    count = getattr(os, "process_cpu_count", os.cpu_count)()
+    return count or 1
+
+
+def _chunks(iterables: tuple[Iterable[Any], ...], size: int) -> Iterator[tuple[tuple[Any, ...], ...]]:
+    calls = zip(*iterables, strict=False)
+    while chunk := tuple(itertools.islice(calls, size)):
+        yield chunk
+
+
+def _flatten(results: Iterator[list[T]]) -> Iterator[T]:
+    for chunk in results:
+        yield from chunk
+
+
+def _timeout_of(fn: Callable[..., Any]) -> float | None:
+    """The timeout a ``@safepool.task`` function carries, if any."""
+    value = getattr(fn, "__safepool_timeout__", None)
+    return value if isinstance(value, float) else None
+
+
+class Executor(cf.Executor):
+    """A process pool executor that is safe by default.
+
+    A drop-in for :class:`concurrent.futures.ProcessPoolExecutor`: the first
+    five parameters have the stdlib's names and meanings; safepool's own are
+    keyword-only.
+
+    Args:
+        max_workers: the most worker processes at once (default: the number of
+            CPUs this process may use). Workers start on demand.
+        mp_context: a multiprocessing context or a start-method name. Default:
+            ``"forkserver"`` on Linux, ``"spawn"`` on macOS and Windows. The
+            global start method is never read or set. ``"fork"`` is honoured,
+            with a :class:`~safepool.ForkWarning` if other threads are alive.
+        initializer: called as ``initializer(*initargs)`` once in each worker
+            before its first task. If it raises, the executor is broken, as in
+            the stdlib (:class:`~safepool.InitializerError`).
+        initargs: arguments for ``initializer``.
+        max_tasks_per_child: replace a worker after it ran this many tasks
+            (any start method, any value).
+        timeout: default per-task timeout in seconds, counted from when the task
+            starts running. On expiry the worker and every process the task
+            started are stopped (SIGTERM, then SIGKILL after ``kill_grace``),
+            the future fails with :class:`~safepool.TaskTimeoutError` and the
+            worker is replaced. Per call: :meth:`options`.
+        max_memory_per_child: replace a worker whose resident memory (RSS, in
+            bytes) exceeds this after a task.
+        kill_grace: seconds between SIGTERM and SIGKILL when a task's process
+            tree is stopped.
+        exit_timeout: seconds a retiring worker may take to exit cleanly before
+            it is killed.
+
+    Raises:
+        ValueError: ``max_workers`` < 1, an unknown start method, a
+            non-positive timeout or limit.
+        TypeError: arguments of the wrong type, a non-callable initializer.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: BaseContext | str | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        timeout: float | None = None,
+        max_memory_per_child: int | None = None,
+        kill_grace: float = 0.5,
+        exit_timeout: float = 10.0,
+    ) -> None:
+        workers = check_positive_int(max_workers, "max_workers") or _default_max_workers()
+        context = resolve_context(mp_context)
+        if initializer is not None:
+            check_callable(initializer, "initializer")
+        if not isinstance(initargs, tuple):
+            raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
+        if initializer is not None and context.get_start_method() != "fork":
+            dumps_call(initializer, initargs, {})  # fail here, not in every worker
+        self._timeout = check_timeout(timeout)
+        grace = check_timeout(kill_grace, "kill_grace") if kill_grace != 0 else 0.0
+        warn_if_fork_unsafe(context, stacklevel=2)
+        self._pool = Pool(
+            context=context,
+            max_workers=workers,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks_per_child=check_positive_int(max_tasks_per_child, "max_tasks_per_child"),
+            max_memory_per_child=check_positive_int(max_memory_per_child, "max_memory_per_child"),
+            kill_grace=grace or 0.0,
+            exit_timeout=check_timeout(exit_timeout, "exit_timeout") or 10.0,
+        )
+        # An executor dropped without shutdown() still releases its workers.
+        weakref.finalize(self, self._pool.shutdown, False, False)
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def max_workers(self) -> int:
+        """The most worker processes this executor runs at once."""
+        return self._pool.max_workers
+
+    @property
+    def start_method(self) -> str:
+        """The start method of this executor's workers: forkserver, spawn or fork."""
+        return self._pool.context.get_start_method()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> cf.Future[T]:
+        """Schedule ``fn(*args, **kwargs)`` in a worker and return its future.
+
+        ``fn`` and the arguments are pickled here, in the caller's thread: if
+        one of them cannot be pickled, :class:`~safepool.PicklingError` names
+        it and nothing is queued.
+
+        Raises:
+            RuntimeError: after :meth:`shutdown`.
+            safepool.InitializerError: if the executor is broken.
+            safepool.PicklingError: if the call cannot be sent to a worker.
+            TypeError: if ``fn`` is not callable.
+        """
+        return self._submit(fn, args, kwargs, _UNSET)
+
+    def map(  # type: ignore[override]
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[T]:
+        """Like :func:`map`, run in the workers: an iterator of results, in order.
+
+        All calls are submitted at once. ``timeout`` is an overall deadline for
+        the iteration (``TimeoutError`` when it passes), not a per-task limit.
+        A task's exception is raised when its result is reached.
+        ``chunksize`` sends that many calls to a worker in one go; a per-task
+        timeout then applies to each chunk.
+        """
+        return self._map(fn, iterables, timeout, chunksize, _UNSET)
+
+    def options(self, *, timeout: float | None = _UNSET) -> ExecutorView:
+        """A view of this executor whose ``submit``/``map`` use these per-call options.
+
+        The options never mix with the function's own keyword arguments::
+
+            pool.options(timeout=2).submit(fetch, url, timeout=30)  # fetch gets timeout=30
+
+        ``timeout=None`` runs the calls without a timeout even when the
+        executor or the task has a default.
+        """
+        return ExecutorView(self, check_timeout(timeout) if timeout is not _UNSET else _UNSET)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work and release the workers once their tasks are done.
+
+        Args:
+            wait: block until every running and pending task has finished and
+                every worker has exited.
+            cancel_futures: cancel the futures that have not started yet.
+        """
+        self._shutdown(lambda: self._pool.shutdown(wait, cancel_futures))
+
+    def terminate_workers(self) -> None:
+        """Stop now: cancel pending tasks and stop running ones and their process trees.
+
+        Running futures fail with :class:`~safepool.TaskStoppedError`. Workers
+        get SIGTERM, then SIGKILL after ``kill_grace``. The executor is shut down.
+        """
+        self._shutdown(lambda: self._pool.stop("terminate_workers() was called", grace=1e9))
+
+    def kill_workers(self) -> None:
+        """Like :meth:`terminate_workers`, but SIGKILL at once."""
+        self._shutdown(lambda: self._pool.stop("kill_workers() was called", grace=0.0))
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> bool | None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self._pool.interrupt()
+        else:
+            self.shutdown(wait=True)
+        return None
+
+    # ---------------------------------------------------------------- internal
+
+    def _shutdown(self, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except KeyboardInterrupt:
+            self._pool.interrupt()
+            raise
+
+    def _submit(
+        self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: Any
+    ) -> SafeFuture[T]:
+        check_callable(fn)
+        if timeout is _UNSET:
+            timeout = _timeout_of(fn)
+            if timeout is None:
+                timeout = self._timeout
+        payload = dumps_call(fn, args, kwargs)
+        future: SafeFuture[T] = SafeFuture()
+        self._pool.submit(WorkItem(future, payload, timeout))
+        return future
+
+    def _map(
+        self,
+        fn: Callable[..., T],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        chunksize: int,
+        task_timeout: Any,
+    ) -> Iterator[T]:
+        check_callable(fn)
+        check_positive_int(chunksize, "chunksize", allow_none=False)
+        check_timeout(timeout)
+        if task_timeout is _UNSET and _timeout_of(fn) is not None:
+            task_timeout = _timeout_of(fn)
+        view = self if task_timeout is _UNSET else ExecutorView(self, task_timeout)
+        if chunksize == 1:
+            return cf.Executor.map(view, fn, *iterables, timeout=timeout)
+        results = cf.Executor.map(
+            view, partial(run_chunk, fn), _chunks(iterables, chunksize), timeout=timeout
+        )
+        return _flatten(results)
+
+
+class ExecutorView(cf.Executor):
+    """An :class:`Executor` with per-call options, made by :meth:`Executor.options`.
+
+    It shares the executor's workers. ``shutdown`` on a view does nothing: shut
+    down the executor itself.
+    """
+
+    def __init__(self, executor: Executor, timeout: Any) -> None:
+        self._executor = executor
+        self._task_timeout = timeout
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> cf.Future[T]:
+        """Like :meth:`Executor.submit`, with this view's options."""
+        return self._executor._submit(fn, args, kwargs, self._task_timeout)
+
+    def map(  # type: ignore[override]
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[T]:
+        """Like :meth:`Executor.map`, with this view's options."""
+        return self._executor._map(fn, iterables, timeout, chunksize, self._task_timeout)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Does nothing: a view does not own the workers."""

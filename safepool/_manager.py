@@ -1,0 +1,645 @@
+"""The process pool itself: one manager thread, one pipe per worker.
+
+Data flow::
+
+  caller threads                manager thread "safepool-manager"            worker processes
+  --------------                ---------------------------------            ----------------
+  submit(fn, *args, **kw)
+    pickle (fn, args, kw)  ┐
+    append to pending ─────┼─> wake pipe
+                           │   wait(wake pipe, worker pipes, worker pidfds,
+                           │        timeout=earliest deadline)
+                           │   dispatch: pending -> an IDLE worker ──pipe──> recv, run fn(*args)
+                           │     future RUNNING, timeout armed               send exactly one reply
+  future.result() <────────┴── reply: set_result / set_exception <──pipe── (OK | ERR, rss)
+                               count or memory limit reached: send EXIT ──> teardown, exit(0)
+                                 and start a replacement when work waits
+                               pidfd ready: worker died -> fail only its own
+                                 task (WorkerCrashedError), replace it
+                               deadline: task timeout -> fail the future,
+                                 SIGTERM the worker's process tree, SIGKILL
+                                 it after a grace period, without blocking
+  parent dies (even SIGKILL) ── lifeline pipe EOF ──────────────────────────> worker kills its tree
+
+Only the manager thread touches workers and their pipes; callers only append
+to ``pending`` under a lock and write one byte to the wake pipe. Dispatch goes
+to idle workers only, so the parent always knows which task runs where: a
+cancelled pending task never starts, and a worker's death or kill can never
+corrupt shared state (there is none between workers).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import InvalidStateError
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from safepool import _transport
+from safepool._context import THREAD_PREFIX
+from safepool._errors import (
+    InitializerError,
+    PicklingError,
+    RemoteTraceback,
+    TaskStoppedError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+    describe_exitcode,
+)
+from safepool._future import SafeFuture
+from safepool._pebble import start_process
+from safepool._proctree import ProcessTree
+from safepool._worker import worker_main
+
+__all__ = ["Pool", "WorkItem"]
+
+STARTING, IDLE, BUSY, RETIRING, KILLING = "starting", "idle", "busy", "retiring", "killing"
+_TIMEOUT, _KILL, _EXIT_WAIT = 0, 1, 2
+#: Workers that die before they are ready, in a row, before the pool gives up.
+_MAX_BOOT_FAILURES = 3
+
+
+class WorkItem:
+    """One submitted call: its future, its pickled payload and its timeout."""
+
+    __slots__ = ("future", "payload", "timeout")
+
+    def __init__(self, future: SafeFuture[Any], payload: bytes, timeout: float | None) -> None:
+        self.future = future
+        self.payload = payload
+        self.timeout = timeout
+
+
+class _Worker:
+    __slots__ = ("conn", "conn_open", "item", "pid", "process", "sentinel", "state", "tasks")
+
+    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+        self.process = process
+        self.pid: int = process.pid or 0
+        self.conn = conn
+        self.conn_open = True
+        self.state = STARTING
+        self.item: WorkItem | None = None
+        self.tasks = 0
+        self.sentinel: int = _open_sentinel(process)
+
+
+def _open_sentinel(process: BaseProcess) -> int:
+    """A pidfd where the OS has them, else multiprocessing's sentinel.
+
+    A pidfd becomes readable when the worker exits even if a grandchild kept a
+    copy of the pipe behind multiprocessing's own sentinel (``os.fork`` in a
+    task does that), so a crash can never go unnoticed.
+    """
+    if hasattr(os, "pidfd_open") and process.pid:
+        try:
+            return os.pidfd_open(process.pid)
+        except OSError:
+            pass
+    return process.sentinel
+
+
+def _set_result(future: SafeFuture[Any], value: Any) -> None:
+    try:
+        future.set_result(value)
+    except InvalidStateError:  # pragma: no cover - resolved by a stop that raced the reply
+        pass
+
+
+def _set_exception(future: SafeFuture[Any], exc: BaseException) -> None:
+    try:
+        future.set_exception(exc)
+    except InvalidStateError:
+        pass
+
+
+class Pool:
+    """The state behind an :class:`~safepool.Executor`, run by one manager thread."""
+
+    def __init__(
+        self,
+        *,
+        context: BaseContext,
+        max_workers: int,
+        initializer: Callable[..., object] | None,
+        initargs: tuple[Any, ...],
+        max_tasks_per_child: int | None,
+        max_memory_per_child: int | None,
+        kill_grace: float,
+        exit_timeout: float,
+    ) -> None:
+        self.context = context
+        self.max_workers = max_workers
+        self._initializer = initializer
+        self._initargs = initargs
+        self._max_tasks = max_tasks_per_child
+        self._max_memory = max_memory_per_child
+        self._kill_grace = kill_grace
+        self._exit_timeout = exit_timeout
+
+        # Shared with caller threads, under _lock.
+        self._lock = threading.Lock()
+        self._pending: deque[WorkItem] = deque()
+        self._shutdown = False
+        self._stop_reason: str | None = None
+        self._broken: Callable[[], BaseException] | None = None
+        self._thread: threading.Thread | None = None
+
+        # Owned by the manager thread.
+        self._workers: dict[int, _Worker] = {}  # by sentinel
+        self._by_conn: dict[Connection, _Worker] = {}
+        self._idle: list[_Worker] = []
+        self._retry: deque[WorkItem] = deque()  # started items whose send failed
+        self._deadlines: list[tuple[float, int, int, Any, Any]] = []
+        self._seq = itertools.count()
+        self._boot_failures = 0
+        self._last_boot_failure = ""
+        self._stopping_handled = False
+
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._lifeline_r, self._lifeline_w = context.Pipe(duplex=False)
+        _live_pools.add(self)
+
+    # ------------------------------------------------------------------ callers
+
+    def submit(self, item: WorkItem) -> None:
+        """Queue ``item``; raise if the pool no longer accepts work."""
+        with self._lock:
+            if self._broken is not None:
+                raise self._broken()
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if _interpreter_exiting:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            item.future._safepool = self
+            self._pending.append(item)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"{THREAD_PREFIX}manager", daemon=True
+                )
+                self._thread.start()
+        self._wake()
+
+    def shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        """Stop accepting work; optionally cancel what has not started; optionally wait."""
+        with self._lock:
+            self._shutdown = True
+            cancelled = self._take_pending() if cancel_futures else []
+        for item in cancelled:
+            item.future.cancel()
+        self._finish(wait)
+
+    def stop(self, reason: str, grace: float, wait: bool = True) -> None:
+        """Cancel pending tasks, stop running ones (TaskStoppedError) and end all workers."""
+        with self._lock:
+            self._shutdown = True
+            if self._stop_reason is None:
+                self._stop_reason = reason
+                self._kill_grace = min(self._kill_grace, grace)
+            cancelled = self._take_pending()
+        for item in cancelled:
+            item.future.cancel()
+        self._finish(wait)
+
+    def interrupt(self) -> None:
+        """Ctrl-C while a caller waited on this pool: stop everything, fast."""
+        try:
+            self.stop("the parent was interrupted (KeyboardInterrupt)", grace=0.2, wait=False)
+            self.join(timeout=2.0)
+        except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
+            self.kill_now()
+
+    def kill_now(self) -> None:
+        """SIGKILL every worker's process tree from the calling thread, without waiting."""
+        self.stop("the pool was killed", grace=0.0, wait=False)
+        for worker in list(self._workers.values()):
+            ProcessTree(worker.pid).signal(signal.SIGKILL)
+
+    def join(self, timeout: float | None = None) -> None:
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    @property
+    def is_shutdown(self) -> bool:
+        return self._shutdown
+
+    def _finish(self, wait: bool) -> None:
+        self._wake()
+        if self._thread is None:
+            self._close()
+        elif wait:
+            self.join()
+
+    def _take_pending(self) -> list[WorkItem]:
+        items = list(self._pending)
+        self._pending.clear()
+        return items
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):  # already awake, or closed after shutdown
+            pass
+
+    # ------------------------------------------------------------ manager loop
+
+    def _run(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # workers inherit it
+        try:
+            while self._step():
+                pass
+        except BaseException as exc:  # pragma: no cover - a bug here must not hang futures
+            self._fail_everything(exc)
+            raise
+        finally:
+            self._close()
+
+    def _step(self) -> bool:
+        """One round of the manager loop; False once the pool is finished."""
+        if self._stop_reason is not None and not self._stopping_handled:
+            self._stop_running_tasks()
+        self._dispatch()
+        if self._shutdown:
+            if self._finished():
+                return False
+            self._retire_idle_for_shutdown()
+        else:
+            self._start_workers()
+        objects: list[Any] = [self._wake_r]
+        objects += [w.conn for w in self._workers.values() if w.conn_open]
+        objects += list(self._workers)
+        ready = wait(objects, self._until_next_deadline())
+        dead = []
+        for obj in ready:
+            if obj == self._wake_r:
+                self._drain_wake()
+            elif isinstance(obj, Connection):
+                worker = self._by_conn.get(obj)
+                if worker is not None:
+                    self._receive(worker)
+            else:
+                worker = self._workers.get(obj)
+                if worker is not None:
+                    dead.append(worker)
+        for worker in dead:
+            self._reap(worker)
+        self._fire_deadlines()
+        return True
+
+    def _finished(self) -> bool:
+        return not (self._pending or self._retry or self._workers)
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _until_next_deadline(self) -> float | None:
+        if not self._deadlines:
+            return None
+        return max(0.0, self._deadlines[0][0] - time.monotonic())
+
+    def _push_deadline(self, when: float, kind: int, a: Any, b: Any = None) -> None:
+        heapq.heappush(self._deadlines, (when, next(self._seq), kind, a, b))
+
+    # ---------------------------------------------------------------- dispatch
+
+    def _next_item(self) -> WorkItem | None:
+        if self._retry:
+            return self._retry.popleft()
+        while True:
+            with self._lock:
+                if not self._pending:
+                    return None
+                item = self._pending.popleft()
+            if item.future.start():  # a cancelled pending task never starts
+                return item
+
+    def _dispatch(self) -> None:
+        while self._idle:
+            item = self._next_item()
+            if item is None:
+                return
+            worker = self._idle.pop()
+            try:
+                worker.conn.send_bytes(item.payload)
+            except OSError:  # it died while idle; its pidfd will say so
+                worker.conn_open = False
+                worker.state = RETIRING
+                self._retry.appendleft(item)
+                continue
+            worker.state = BUSY
+            worker.item = item
+            if item.timeout is not None:
+                self._push_deadline(time.monotonic() + item.timeout, _TIMEOUT, worker, item)
+
+    def _start_workers(self) -> None:
+        """Start workers on demand: as many as waiting work needs, up to max_workers."""
+        active = [w for w in self._workers.values() if w.state in (STARTING, IDLE, BUSY)]
+        starting = sum(1 for w in active if w.state == STARTING)
+        need = len(self._pending) + len(self._retry) - len(self._idle) - starting
+        for _ in range(min(need, self.max_workers - len(active))):
+            if not self._start_worker():
+                return
+
+    def _start_worker(self) -> bool:
+        parent_conn, child_conn = self.context.Pipe(duplex=True)
+        inherited: list[int] = []
+        if self.context.get_start_method() == "fork":
+            inherited = [self._lifeline_w.fileno(), self._wake_r, self._wake_w,
+                         parent_conn.fileno()]
+        try:
+            process = start_process(
+                self.context, "safepool-worker", worker_main,
+                child_conn, self._lifeline_r, inherited,
+                self._initializer, self._initargs, self._max_memory is not None,
+            )
+        except Exception as exc:
+            parent_conn.close()
+            message = f"could not start a worker process: {type(exc).__name__}: {exc}"
+            self._break(lambda: InitializerError(message), cause=exc)
+            return False
+        finally:
+            child_conn.close()
+        worker = _Worker(process, parent_conn)
+        self._workers[worker.sentinel] = worker
+        self._by_conn[parent_conn] = worker
+        return True
+
+    # ----------------------------------------------------------------- replies
+
+    def _receive(self, worker: _Worker) -> None:
+        try:
+            data = worker.conn.recv_bytes()
+        except (EOFError, OSError):
+            worker.conn_open = False  # it is exiting; its pidfd will say how
+            return
+        try:
+            message = pickle.loads(data)
+        except Exception as exc:
+            self._on_undecodable_reply(worker, exc)
+            return
+        kind = message[0]
+        if worker.state == STARTING:
+            if kind == _transport.READY:
+                worker.state = IDLE
+                self._boot_failures = 0
+                self._idle.append(worker)
+            elif kind == _transport.INIT_ERR:
+                self._on_initializer_error(worker, message)
+            return
+        item, worker.item = worker.item, None
+        if item is None:  # stopped or timed out already, or a late READY
+            return
+        if kind == _transport.OK:
+            _set_result(item.future, message[1])
+        else:
+            _, exc_bytes, type_name, text, tb_text, _rss = message
+            exc = _transport.decode_error(exc_bytes, type_name, text, tb_text, worker.pid)
+            _set_exception(item.future, exc)
+        self._after_task(worker, message[-1])
+
+    def _on_undecodable_reply(self, worker: _Worker, exc: Exception) -> None:
+        item, worker.item = worker.item, None
+        if item is not None:
+            error = PicklingError(
+                "the result", "unknown", f"it could not be unpickled in the parent: {exc}"
+            )
+            error.__cause__ = exc
+            _set_exception(item.future, error)
+            self._after_task(worker, 0)
+
+    def _after_task(self, worker: _Worker, rss: int) -> None:
+        worker.tasks += 1
+        if worker.state != BUSY:
+            return
+        too_many = self._max_tasks is not None and worker.tasks >= self._max_tasks
+        too_big = self._max_memory is not None and rss > self._max_memory
+        if too_many or too_big or self._shutdown:
+            self._retire(worker)
+        else:
+            worker.state = IDLE
+            self._idle.append(worker)
+
+    def _retire(self, worker: _Worker) -> None:
+        """Ask a worker to exit cleanly (teardown runs); kill it if it takes too long."""
+        if worker in self._idle:
+            self._idle.remove(worker)
+        worker.state = RETIRING
+        try:
+            worker.conn.send_bytes(_transport.EXIT)
+        except OSError:
+            worker.conn_open = False
+        self._push_deadline(time.monotonic() + self._exit_timeout, _EXIT_WAIT, worker)
+
+    def _retire_idle_for_shutdown(self) -> None:
+        if self._pending or self._retry:
+            return
+        for worker in list(self._workers.values()):
+            if worker.state in (IDLE, STARTING):
+                self._retire(worker)
+
+    # ------------------------------------------------------------------ deaths
+
+    def _reap(self, worker: _Worker) -> None:
+        while worker.conn_open and worker.conn.poll():  # read what it said before dying
+            self._receive(worker)
+        worker.process.join(1.0)
+        exitcode = worker.process.exitcode
+        item, worker.item = worker.item, None
+        if item is not None:
+            _set_exception(item.future, WorkerCrashedError(worker.pid, exitcode))
+        elif worker.state == STARTING and not self._shutdown:
+            self._boot_failures += 1
+            self._last_boot_failure = f"worker pid {worker.pid} {describe_exitcode(exitcode)}"
+            if self._boot_failures >= _MAX_BOOT_FAILURES:
+                message = (
+                    f"{self._boot_failures} workers in a row died while starting (last: "
+                    f"{self._last_boot_failure}). Check that the main module can be imported "
+                    "in a new process (guard the script's entry point with "
+                    "`if __name__ == '__main__':`) and that the initializer does not crash"
+                )
+                self._break(lambda: InitializerError(message))
+        self._forget(worker)
+
+    def _forget(self, worker: _Worker) -> None:
+        self._workers.pop(worker.sentinel, None)
+        self._by_conn.pop(worker.conn, None)
+        if worker in self._idle:
+            self._idle.remove(worker)
+        worker.conn.close()
+        if worker.sentinel != worker.process.sentinel:
+            os.close(worker.sentinel)
+        try:
+            worker.process.close()
+        except ValueError:  # pragma: no cover - still running after join(1.0)
+            pass
+
+    # --------------------------------------------------------------- deadlines
+
+    def _fire_deadlines(self) -> None:
+        now = time.monotonic()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, kind, a, b = heapq.heappop(self._deadlines)
+            if kind == _TIMEOUT:
+                if a.item is b and a.state == BUSY:
+                    a.item = None
+                    _set_exception(b.future, TaskTimeoutError(b.timeout, a.pid))
+                    self._kill(a)
+            elif kind == _KILL:
+                a.refresh()
+                a.signal(signal.SIGKILL)
+            elif kind == _EXIT_WAIT and a.sentinel in self._workers and a.state == RETIRING:
+                self._kill(a)
+
+    def _kill(self, worker: _Worker) -> None:
+        """Stop a worker and its process tree: SIGTERM now, SIGKILL after the grace period."""
+        if worker in self._idle:
+            self._idle.remove(worker)
+        worker.state = KILLING
+        tree = ProcessTree(worker.pid)
+        if self._kill_grace > 0:
+            tree.signal(signal.SIGTERM)
+            self._push_deadline(time.monotonic() + self._kill_grace, _KILL, tree)
+        else:
+            tree.signal(signal.SIGKILL)
+
+    def _stop_running_tasks(self) -> None:
+        self._stopping_handled = True
+        reason = self._stop_reason or "stopped"
+        for item in self._retry:
+            _set_exception(item.future, TaskStoppedError(reason))
+        self._retry.clear()
+        for worker in list(self._workers.values()):
+            if worker.state == BUSY and worker.item is not None:
+                item, worker.item = worker.item, None
+                _set_exception(item.future, TaskStoppedError(reason, worker.pid))
+                self._kill(worker)
+            elif worker.state in (IDLE, STARTING):
+                self._retire(worker)
+            elif worker.state == RETIRING:
+                self._push_deadline(time.monotonic() + self._kill_grace, _EXIT_WAIT, worker)
+
+    # ------------------------------------------------------------------ broken
+
+    def _on_initializer_error(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        _, exc_bytes, type_name, text, tb_text, _ = message
+        cause = _transport.decode_error(exc_bytes, type_name, text, tb_text, worker.pid)
+        summary = (
+            f"the initializer failed in worker pid {worker.pid} with {type_name}: {text}; "
+            "the executor is broken (as in concurrent.futures) and accepts no more work"
+        )
+        self._break(lambda: InitializerError(summary), cause=cause)
+        self._retire(worker)
+
+    def _break(
+        self, make_error: Callable[[], BaseException], cause: BaseException | None = None
+    ) -> None:
+        """Refuse further work and fail everything that has not started with a fresh error."""
+
+        def make() -> BaseException:
+            error = make_error()
+            error.__cause__ = cause
+            return error
+
+        with self._lock:
+            if self._broken is None:
+                self._broken = make
+            self._shutdown = True
+            items = self._take_pending()
+        items += list(self._retry)
+        self._retry.clear()
+        for item in items:
+            _set_exception(item.future, make())
+
+    def _fail_everything(self, exc: BaseException) -> None:  # pragma: no cover - defensive
+        with self._lock:
+            self._shutdown = True
+            items = self._take_pending()
+        items += list(self._retry)
+        items += [w.item for w in self._workers.values() if w.item is not None]
+        for item in items:
+            error = RuntimeError(f"safepool's manager thread failed: {exc!r}")
+            error.__cause__ = RemoteTraceback(repr(exc))
+            _set_exception(item.future, error)
+        for worker in list(self._workers.values()):
+            ProcessTree(worker.pid).signal(signal.SIGKILL)
+
+    def _close(self) -> None:
+        """Release the pool's own fds once every worker is gone."""
+        with self._lock:
+            self._shutdown = True
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r = self._wake_w = -1
+        self._lifeline_r.close()
+        self._lifeline_w.close()
+        _live_pools.discard(self)
+
+
+# ---------------------------------------------------------------- process exit
+
+_live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+_interpreter_exiting = False
+
+
+def _exited_on_ctrl_c() -> bool:
+    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    return isinstance(last, KeyboardInterrupt)
+
+
+def _at_exit() -> None:
+    """Interpreter exit: finish the work of pools nobody shut down, as the stdlib does,
+    unless the program is ending on Ctrl-C, which stops them at once."""
+    global _interpreter_exiting
+    _interpreter_exiting = True
+    interrupted = _exited_on_ctrl_c()
+    for pool in list(_live_pools):
+        if interrupted:
+            pool.interrupt()
+        else:
+            try:
+                pool.shutdown(wait=True, cancel_futures=False)
+            except KeyboardInterrupt:
+                pool.interrupt()
+
+
+def _after_fork_in_child() -> None:
+    # A process forked from the parent (not a worker) must not keep the
+    # lifelines open, or workers would outlive the parent.
+    for pool in list(_live_pools):
+        try:
+            pool._lifeline_w.close()
+        except OSError:
+            pass
+    _live_pools.clear()
+
+
+if hasattr(threading, "_register_atexit"):
+    # Runs before threads are joined, like concurrent.futures' own hook.
+    threading._register_atexit(_at_exit)
+else:  # pragma: no cover
+    import atexit
+
+    atexit.register(_at_exit)
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,133 @@
+"""The code that runs inside a worker process.
+
+A worker:
+
+1. makes itself quiet and killable as a unit: it ignores SIGINT (it was
+   started with SIGINT blocked, so a Ctrl-C during start-up is never
+   delivered), restores the default SIGTERM action, and becomes the leader of
+   its own session, so the terminal's Ctrl-C does not reach it or its children
+   and the parent can signal the whole group at once;
+2. watches a *lifeline* pipe on a small thread: the parent never writes to it,
+   so EOF means the parent died, and the worker kills its process tree and
+   exits at once, even in the middle of a task;
+3. runs the stdlib-style ``initializer``, then says READY;
+4. loops: read a task, run it, send exactly one reply; an empty message (or
+   EOF) ends the loop and the worker exits normally.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+from safepool import _transport
+
+__all__ = ["run_chunk", "worker_main"]
+
+
+def run_chunk(fn: Callable[..., Any], chunk: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Run ``fn`` over a chunk of argument tuples (``map`` with ``chunksize > 1``)."""
+    return [fn(*args) for args in chunk]
+
+
+def _quiet_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A parent's SIGTERM handler inherited through fork must not run here.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _own_session() -> None:
+    try:
+        os.setsid()
+    except OSError:  # already a process-group leader
+        pass
+
+
+def _kill_own_tree() -> None:
+    """Kill every process this worker started, then the worker itself."""
+    try:
+        import psutil
+
+        for child in psutil.Process().children(recursive=True):
+            try:
+                child.kill()
+            except psutil.Error:
+                pass
+    finally:
+        try:
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+        finally:
+            os._exit(1)
+
+
+def _watch_lifeline(lifeline: Connection) -> None:
+    def watch() -> None:
+        try:
+            lifeline.recv_bytes()
+        except (EOFError, OSError):
+            pass
+        _kill_own_tree()
+
+    threading.Thread(target=watch, name="safepool-lifeline", daemon=True).start()
+
+
+def worker_main(
+    conn: Connection,
+    lifeline: Connection,
+    inherited_fds: Iterable[int],
+    initializer: Callable[..., object] | None,
+    initargs: tuple[Any, ...],
+    measure_rss: bool,
+) -> None:
+    """Entry point of a worker process (the ``target`` of its ``Process``)."""
+    _quiet_signals()
+    _own_session()
+    for fd in inherited_fds:  # fork only: the parent's end of the lifeline
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _watch_lifeline(lifeline)
+
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException as exc:
+            conn.send_bytes(_transport.encode_error(exc, 0, kind=_transport.INIT_ERR))
+            return
+    conn.send_bytes(pickle.dumps((_transport.READY,)))
+
+    rss_of: Callable[[], int] = lambda: 0  # noqa: E731
+    if measure_rss:
+        import psutil
+
+        me = psutil.Process()
+        rss_of = lambda: me.memory_info().rss  # noqa: E731
+
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        if data == _transport.EXIT:
+            return
+        conn.send_bytes(_run_task(data, rss_of))
+
+
+def _run_task(data: bytes, rss_of: Callable[[], int]) -> bytes:
+    try:
+        fn, args, kwargs = pickle.loads(data)
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        tb = exc.__traceback__
+        # Start the child traceback at the task's own frame, not at this one.
+        tb_text = "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
+        return _transport.encode_error(exc, rss_of(), tb_text=tb_text)
+    return _transport.encode_result(result, rss_of())
