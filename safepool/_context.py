@@ -11,11 +11,18 @@ import multiprocessing
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from multiprocessing.context import BaseContext
 
 from safepool._errors import ForkWarning
 
-__all__ = ["default_start_method", "resolve_context", "warn_if_fork_unsafe"]
+__all__ = [
+    "default_start_method",
+    "keep_global_start_method_unset",
+    "resolve_context",
+    "warn_if_fork_unsafe",
+]
 
 #: Threads whose names start with this belong to safepool itself.
 THREAD_PREFIX = "safepool-"
@@ -74,3 +81,23 @@ def warn_if_fork_unsafe(context: BaseContext, stacklevel: int) -> None:
             ForkWarning,
             stacklevel=stacklevel + 1,
         )
+
+
+@contextmanager
+def keep_global_start_method_unset() -> Iterator[None]:
+    """Undo the stdlib pinning the global start method while a worker starts.
+
+    Starting a spawn or forkserver process calls
+    ``multiprocessing.spawn.get_preparation_data()``, which calls
+    ``get_start_method()`` and so fixes the process-wide default for good: a
+    later ``multiprocessing.set_start_method()`` by the application would then
+    raise "context has already been set". If the default was unset before the
+    start, it is unset again afterwards.
+    """
+    default = multiprocessing.context._default_context
+    was_unset = default.get_start_method(allow_none=True) is None
+    try:
+        yield
+    finally:
+        if was_unset:
+            default._actual_context = None

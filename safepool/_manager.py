@@ -48,7 +48,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from safepool import _transport
-from safepool._context import THREAD_PREFIX
+from safepool._context import THREAD_PREFIX, keep_global_start_method_unset
 from safepool._errors import (
     InitializerError,
     PicklingError,
@@ -278,8 +278,7 @@ class Pool:
             if self._finished():
                 return False
             self._retire_idle_for_shutdown()
-        else:
-            self._start_workers()
+        self._start_workers()  # also after shutdown(): queued work still runs
         objects: list[Any] = [self._wake_r]
         objects += [w.conn for w in self._workers.values() if w.conn_open]
         objects += list(self._workers)
@@ -366,11 +365,12 @@ class Pool:
             inherited = [self._lifeline_w.fileno(), self._wake_r, self._wake_w,
                          parent_conn.fileno()]
         try:
-            process = start_process(
-                self.context, "safepool-worker", worker_main,
-                child_conn, self._lifeline_r, inherited,
-                self._initializer, self._initargs, self._max_memory is not None,
-            )
+            with keep_global_start_method_unset():
+                process = start_process(
+                    self.context, "safepool-worker", worker_main,
+                    child_conn, self._lifeline_r, inherited,
+                    self._initializer, self._initargs, self._max_memory is not None,
+                )
         except Exception as exc:
             parent_conn.close()
             message = f"could not start a worker process: {type(exc).__name__}: {exc}"
