@@ -389,7 +389,12 @@ class Pool:
         try:
             data = worker.conn.recv_bytes()
         except (EOFError, OSError):
-            worker.conn_open = False  # it is exiting; its pidfd will say how
+            # It is exiting. A dying process's files close before its pidfd
+            # fires, so take an idle worker out of rotation now, not then.
+            worker.conn_open = False
+            if worker.state == IDLE:
+                self._idle.remove(worker)
+                worker.state = RETIRING
             return
         try:
             message = pickle.loads(data)

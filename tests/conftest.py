@@ -152,6 +152,21 @@ def wait_gone(pids, timeout=5.0) -> list[int]:
     return alive
 
 
+def wait_reaped(pids, timeout=5.0) -> list[int]:
+    """Wait until ``pids`` no longer exist at all (exited and reaped); return survivors.
+
+    A worker whose main thread died shows as a zombie while its other threads
+    are still exiting; only once it is reaped is its death complete.
+    """
+    deadline = time.monotonic() + timeout
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if psutil.pid_exists(p)]
+        if alive:
+            time.sleep(0.02)
+    return alive
+
+
 def _alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
