@@ -1,0 +1,6 @@
+import safepool
+
+
+@safepool.task
+def work(x):
+    return ("mod_b", x)

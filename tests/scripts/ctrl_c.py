@@ -1,0 +1,34 @@
+"""Runs an executor and waits on it in one of several ways until Ctrl-C arrives.
+
+usage: ctrl_c.py MODE FIFO METHOD   (MODE: with | result | map | exit)
+Two tasks start process trees and report their pids on FIFO; more wait queued.
+"""
+
+import sys
+import time
+
+import safepool
+from tests import tasks
+
+
+def main() -> None:
+    mode, fifo, method = sys.argv[1:4]
+    pool = safepool.Executor(2, method)
+    if mode == "map":
+        for _ in pool.map(tasks.spawn_tree_and_hang, [fifo] * 6):
+            pass
+    elif mode == "with":
+        with pool:
+            for _ in range(6):
+                pool.submit(tasks.spawn_tree_and_hang, fifo)
+            time.sleep(120)
+    else:
+        futures = [pool.submit(tasks.spawn_tree_and_hang, fifo) for _ in range(6)]
+        if mode == "result":
+            futures[0].result()
+        else:  # "exit": Ctrl-C outside any safepool call; interpreter exit must not drain
+            time.sleep(120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Workers are replaced after N tasks or when their memory crosses a limit."""
+
+from __future__ import annotations
+
+import psutil
+import pytest
+
+from tests import tasks
+
+
+def runs(pids):
+    """Lengths of the runs of equal consecutive pids."""
+    lengths = []
+    for i, pid in enumerate(pids):
+        if i and pid == pids[i - 1]:
+            lengths[-1] += 1
+        else:
+            lengths.append(1)
+    return lengths
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn", "fork"])
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_max_tasks_per_child_replaces_each_worker_after_n_tasks(make_pool, n):
+    pool = make_pool(1, max_tasks_per_child=n)
+    pids = [pool.submit(tasks.pid).result(timeout=30) for _ in range(2 * n + 1)]
+    assert runs(pids) == [n, n, 1]
+    assert len(set(pids)) == 3
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_recycling_with_n_above_1_and_many_workers_does_not_deadlock(make_pool):
+    # The stdlib deadlocks here on 3.11.7 to 3.13.0 (gh-115634).
+    pool = make_pool(2, max_tasks_per_child=3)
+    pids = list(pool.map(tasks.pid, range(60), timeout=120))
+    assert len(pids) == 60
+    assert len(set(pids)) >= 20
+    assert all(count <= 3 for count in (pids.count(p) for p in set(pids)))
+
+
+def test_max_memory_per_child_replaces_a_worker_that_grew(make_pool):
+    baseline = psutil.Process().memory_info().rss  # a worker is about this size or less
+    pool = make_pool(1, max_memory_per_child=baseline + 80 * 2**20)
+    small = [pool.submit(tasks.pid).result(timeout=30) for _ in range(3)]
+    assert len(set(small)) == 1  # under the limit: kept
+    grown = pool.submit(tasks.hog, 160).result(timeout=30)
+    assert grown == small[0]
+    after = pool.submit(tasks.pid).result(timeout=30)
+    assert after != grown  # crossed the limit: replaced after that task

@@ -1,0 +1,53 @@
+"""Ctrl-C and parent death, through a real parent process and real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.conftest import run_script, stop_script, wait_gone
+
+
+def _tree_pids(fifo, count=2):
+    pids = []
+    for _ in range(count):
+        pids += [int(p) for p in fifo.line(timeout=30).split()]
+    return pids
+
+
+@pytest.mark.parametrize("mode", ["with", "result", "map", "exit"])
+def test_one_ctrl_c_stops_everything_quietly_and_fast(mode, method, fifo):
+    script = run_script("ctrl_c.py", mode, fifo.path, method)
+    try:
+        pids = _tree_pids(fifo)  # both workers busy, four tasks queued
+        start = time.monotonic()
+        os.killpg(script.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+        out, err = script.communicate(timeout=15)
+        elapsed = time.monotonic() - start
+    finally:
+        stop_script(script)
+    # The stdlib takes the whole queue (here minutes) and prints a traceback per idle worker.
+    assert elapsed < 3.0, err
+    assert err.count("Traceback (most recent call last)") == 1, err
+    assert err.rstrip().endswith("KeyboardInterrupt"), err
+    assert script.returncode in (-signal.SIGINT, 130, 1)
+    assert wait_gone(pids, timeout=3) == [], "a worker or a task's process outlived Ctrl-C"
+    assert "started" not in fifo.pending()  # queued tasks never started
+
+
+def test_parent_sigkill_leaves_no_orphans(method, fifo):
+    script = run_script("orphans.py", fifo.path, method)
+    try:
+        idle = [int(p) for p in fifo.line(timeout=30).split()]
+        busy_tree = [int(p) for p in fifo.line(timeout=30).split()]
+        os.kill(script.pid, signal.SIGKILL)
+        start = time.monotonic()
+        survivors = wait_gone(idle + busy_tree, timeout=5)
+        elapsed = time.monotonic() - start
+    finally:
+        stop_script(script)
+    assert survivors == []
+    assert elapsed < 2.0
