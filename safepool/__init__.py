@@ -29,6 +29,13 @@ ProcessPoolExecutor = Executor
 
 __version__ = "0.1.0.dev0"
 
+# Show the public names in tracebacks and reprs (safepool.TaskTimeoutError, ...).
+for _cls in (ForkWarning, InitializerError, PicklingError, RemoteError, RemoteTraceback,
+             TaskStoppedError, TaskTimeoutError, WorkerCrashedError, Executor, ExecutorView,
+             TaskFunction):
+    _cls.__module__ = "safepool"
+del _cls
+
 __all__ = [
     "Executor",
     "ExecutorView",

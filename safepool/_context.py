@@ -100,4 +100,4 @@ def keep_global_start_method_unset() -> Iterator[None]:
         yield
     finally:
         if was_unset:
-            default._actual_context = None
+            default._actual_context = None  # type: ignore[attr-defined]

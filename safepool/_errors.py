@@ -12,7 +12,7 @@ import signal
 from concurrent.futures import TimeoutError as _FuturesTimeoutError
 from concurrent.futures.process import BrokenProcessPool
 
-from safepool._pebble import ProcessExpired, PebbleRemoteTraceback
+from safepool._pebble import PebbleRemoteTraceback, ProcessExpired
 
 __all__ = [
     "ForkWarning",
@@ -28,10 +28,8 @@ __all__ = [
 
 # On 3.10 concurrent.futures.TimeoutError is its own class; from 3.11 on it is
 # the builtin. Subclass both so ``except`` clauses written for either match.
-_TIMEOUT_BASES: tuple[type[BaseException], ...] = (
-    (TimeoutError,)
-    if _FuturesTimeoutError is TimeoutError
-    else (_FuturesTimeoutError, TimeoutError)
+_TIMEOUT_BASES: tuple[type[BaseException], ...] = tuple(
+    dict.fromkeys((_FuturesTimeoutError, TimeoutError))
 )
 
 
@@ -69,11 +67,14 @@ def describe_exitcode(exitcode: int | None) -> str:
             name = f"signal {-exitcode}"
         return f"was killed by {name} (exit code {exitcode})"
     if exitcode == 0:
-        return "exited with code 0 in the middle of the task (os._exit(0) or a C library calling exit())"
+        return (
+            "exited with code 0 in the middle of the task "
+            "(os._exit(0) or a C library calling exit())"
+        )
     return f"exited with code {exitcode}"
 
 
-class WorkerCrashedError(ProcessExpired, BrokenProcessPool):  # type: ignore[misc]
+class WorkerCrashedError(ProcessExpired, BrokenProcessPool):
     """The worker running a task died before the task finished.
 
     Only this task's future fails; the worker is replaced and the executor stays
@@ -93,7 +94,7 @@ class WorkerCrashedError(ProcessExpired, BrokenProcessPool):  # type: ignore[mis
             f"worker pid {pid} {describe_exitcode(exitcode)} while running this task; "
             "only this task failed and the worker was replaced"
         )
-        ProcessExpired.__init__(self, message, code=exitcode, pid=pid)
+        ProcessExpired.__init__(self, message, code=exitcode, pid=pid)  # type: ignore[no-untyped-call]
         self.signal: signal.Signals | None = None
         if exitcode is not None and exitcode < 0:
             try:
@@ -121,7 +122,7 @@ class TaskStoppedError(Exception):
         return (type(self), (self.reason, self.pid))
 
 
-class RemoteTraceback(PebbleRemoteTraceback):  # type: ignore[misc]
+class RemoteTraceback(PebbleRemoteTraceback):
     """The traceback of an exception raised in a worker, set as its ``__cause__``.
 
     Printing the parent-side exception shows this text first, the way
@@ -133,7 +134,7 @@ class RemoteTraceback(PebbleRemoteTraceback):  # type: ignore[misc]
     """
 
     def __init__(self, traceback: str, pid: int | None = None) -> None:
-        super().__init__(traceback)
+        super().__init__(traceback)  # type: ignore[no-untyped-call]
         self.pid = pid
         self.args = (traceback, pid)
 

@@ -30,7 +30,9 @@ def _default_max_workers() -> int:
     return count or 1
 
 
-def _chunks(iterables: tuple[Iterable[Any], ...], size: int) -> Iterator[tuple[tuple[Any, ...], ...]]:
+def _chunks(
+    iterables: tuple[Iterable[Any], ...], size: int
+) -> Iterator[tuple[tuple[Any, ...], ...]]:
     calls = zip(*iterables, strict=False)
     while chunk := tuple(itertools.islice(calls, size)):
         yield chunk
@@ -149,7 +151,7 @@ class Executor(cf.Executor):
         """
         return self._submit(fn, args, kwargs, _UNSET)
 
-    def map(  # type: ignore[override]
+    def map(
         self,
         fn: Callable[..., T],
         *iterables: Iterable[Any],
@@ -271,7 +273,7 @@ class ExecutorView(cf.Executor):
         """Like :meth:`Executor.submit`, with this view's options."""
         return self._executor._submit(fn, args, kwargs, self._task_timeout)
 
-    def map(  # type: ignore[override]
+    def map(
         self,
         fn: Callable[..., T],
         *iterables: Iterable[Any],

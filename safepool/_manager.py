@@ -291,7 +291,7 @@ class Pool:
                 worker = self._by_conn.get(obj)
                 if worker is not None:
                     self._receive(worker)
-            else:
+            elif isinstance(obj, int):
                 worker = self._workers.get(obj)
                 if worker is not None:
                     dead.append(worker)
@@ -417,8 +417,8 @@ class Pool:
             _set_result(item.future, message[1])
         else:
             _, exc_bytes, type_name, text, tb_text, _rss = message
-            exc = _transport.decode_error(exc_bytes, type_name, text, tb_text, worker.pid)
-            _set_exception(item.future, exc)
+            error = _transport.decode_error(exc_bytes, type_name, text, tb_text, worker.pid)
+            _set_exception(item.future, error)
         self._after_task(worker, message[-1])
 
     def _on_undecodable_reply(self, worker: _Worker, exc: Exception) -> None:

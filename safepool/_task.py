@@ -18,7 +18,7 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from safepool._executor import Executor
 from safepool._validate import check_callable, check_timeout
@@ -65,6 +65,9 @@ class TaskFunction(Generic[P, R]):
     executor's ``submit`` or ``map``, where it runs as the original function.
     """
 
+    __qualname__: str
+    __wrapped__: Callable[P, R]
+
     def __init__(
         self, fn: Callable[P, R], timeout: float | None, executor: Executor | None
     ) -> None:
@@ -81,7 +84,8 @@ class TaskFunction(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         executor = self._executor if self._executor is not None else default_executor()
-        return executor.submit(self, *args, **kwargs)
+        # Sent as itself: it pickles by reference and runs as the original function.
+        return executor.submit(cast("Callable[P, R]", self), *args, **kwargs)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_resolve, (self.__module__, self.__qualname__))

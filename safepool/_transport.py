@@ -120,7 +120,9 @@ def _type_name(exc: BaseException) -> str:
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
-def encode_error(exc: BaseException, rss: int, *, kind: int = ERR, tb_text: str | None = None) -> bytes:
+def encode_error(
+    exc: BaseException, rss: int, *, kind: int = ERR, tb_text: str | None = None
+) -> bytes:
     """Encode an exception raised in the worker, with its traceback text.
 
     The exception is pickled and unpickled here first: if either fails, a

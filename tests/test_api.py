@@ -127,7 +127,8 @@ def test_works_with_asyncio_run_in_executor(make_pool):
 
     async def main():
         loop = asyncio.get_running_loop()
-        return await asyncio.gather(*(loop.run_in_executor(pool, tasks.add, i, 1) for i in range(5)))
+        calls = [loop.run_in_executor(pool, tasks.add, i, 1) for i in range(5)]
+        return await asyncio.gather(*calls)
 
     assert asyncio.run(main()) == [1, 2, 3, 4, 5]
 
@@ -135,7 +136,7 @@ def test_works_with_asyncio_run_in_executor(make_pool):
 def test_works_with_wait_and_as_completed(make_pool):
     pool = make_pool(2)
     futures = [pool.submit(tasks.pid_after, d) for d in (0.4, 0.0)]
-    done, not_done = cf.wait(futures, return_when=cf.FIRST_COMPLETED, timeout=30)
+    done, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED, timeout=30)
     assert futures[1] in done
     completed = list(cf.as_completed(futures, timeout=30))
     assert set(completed) == set(futures)
@@ -307,4 +308,5 @@ def test_many_threads_submitting_at_once(make_pool):
     for t in threads:
         t.join(60)
     assert time.monotonic() - start < 60
-    assert sorted(sum(results, [])) == sorted(b * 1000 + i for b in range(4) for i in range(200))
+    expected = sorted(b * 1000 + i for b in range(4) for i in range(200))
+    assert sorted(r for chunk in results for r in chunk) == expected

@@ -65,7 +65,7 @@ def test_unpicklable_argument_fails_at_submit_naming_it(make_pool):
 
 def test_unpicklable_function_fails_at_submit_with_advice(make_pool):
     pool = make_pool(1)
-    with pytest.raises(safepool.PicklingError, match="the function .*module level"):
+    with pytest.raises(safepool.PicklingError, match=r"the function .*module level"):
         pool.submit(lambda: 1)
 
     def nested():

@@ -25,7 +25,7 @@ def test_one_ctrl_c_stops_everything_quietly_and_fast(mode, method, fifo):
         pids = _tree_pids(fifo)  # both workers busy, four tasks queued
         start = time.monotonic()
         os.killpg(script.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
-        out, err = script.communicate(timeout=15)
+        _, err = script.communicate(timeout=15)
         elapsed = time.monotonic() - start
     finally:
         stop_script(script)

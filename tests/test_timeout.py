@@ -80,7 +80,8 @@ def test_timeout_precedence_call_over_task_over_executor(make_pool):
         pool.submit(tasks.pid_after, 5).result(timeout=30)
     assert info.value.timeout == 0.3
     # options(timeout=None) switches the executor default off for that call.
-    assert isinstance(pool.options(timeout=None).submit(tasks.pid_after, 0.5).result(timeout=30), int)
+    unlimited = pool.options(timeout=None).submit(tasks.pid_after, 0.5)
+    assert isinstance(unlimited.result(timeout=30), int)
     with pytest.raises(safepool.TaskTimeoutError) as info:
         pool.options(timeout=0.2).submit(tasks.pid_after, 5).result(timeout=30)
     assert info.value.timeout == 0.2

@@ -25,8 +25,8 @@ if __name__ == "__main__":
     method, outfile = sys.argv[1:3]
     assert safepool._task._default is None  # created lazily
     with safepool.Executor(2, method) as pool:
-        print(square.__wrapped__(3), pool.submit(square, 4).result(), list(pool.map(square, [5, 6])))
-    bound = safepool.task(executor=safepool.Executor(1, method))(square.__wrapped__)
+        results = [square.__wrapped__(3), pool.submit(square, 4).result()]
+        print(*results, list(pool.map(square, [5, 6])))
     print(square(7).result(), safepool.default_executor().start_method)
     # Not awaited: interpreter exit finishes the default executor's work, as the stdlib does.
     write_later(outfile, "written at exit")

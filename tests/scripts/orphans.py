@@ -9,7 +9,6 @@ import time
 import safepool
 from tests import tasks
 
-
 if __name__ == "__main__":
     fifo, method = sys.argv[1:3]
     pool = safepool.Executor(3, method)
