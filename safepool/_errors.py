@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import pickle
 import signal
+import sys
 from concurrent.futures import TimeoutError as _FuturesTimeoutError
 from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures.process import _RemoteTraceback as _StdlibRemoteTraceback
 
 from safepool._pebble import PebbleRemoteTraceback, ProcessExpired
 
@@ -28,15 +30,18 @@ __all__ = [
 
 # On 3.10 concurrent.futures.TimeoutError is its own class; from 3.11 on it is
 # the builtin. Subclass both so ``except`` clauses written for either match.
-_TIMEOUT_BASES: tuple[type[BaseException], ...] = tuple(
-    dict.fromkeys((_FuturesTimeoutError, TimeoutError))
-)
+if sys.version_info >= (3, 11):
+    _TimeoutBase = TimeoutError
+else:  # pragma: no cover - Python 3.10
+
+    class _TimeoutBase(_FuturesTimeoutError, TimeoutError):
+        pass
 
 
-class TaskTimeoutError(*_TIMEOUT_BASES):  # type: ignore[misc]
+class TaskTimeoutError(_TimeoutBase):
     """A task ran longer than its timeout; its worker and process tree were stopped.
 
-    Subclasses the builtin :class:`TimeoutError` (and, on Python 3.10,
+    Subclasses the builtin `TimeoutError` (and, on Python 3.10,
     ``concurrent.futures.TimeoutError``).
 
     Attributes:
@@ -78,8 +83,8 @@ class WorkerCrashedError(ProcessExpired, BrokenProcessPool):
     """The worker running a task died before the task finished.
 
     Only this task's future fails; the worker is replaced and the executor stays
-    usable. Subclasses :class:`pebble.ProcessExpired` (``.exitcode``, ``.pid``)
-    and :class:`concurrent.futures.process.BrokenProcessPool`, so handlers
+    usable. Subclasses `pebble.ProcessExpired` (``.exitcode``, ``.pid``)
+    and `concurrent.futures.process.BrokenProcessPool`, so handlers
     written for pebble or the stdlib still catch it.
 
     Attributes:
@@ -109,8 +114,10 @@ class WorkerCrashedError(ProcessExpired, BrokenProcessPool):
 class TaskStoppedError(Exception):
     """A running task was stopped on purpose before it finished.
 
-    This happens when the executor is interrupted (Ctrl-C while waiting on it)
-    or shut down with :meth:`safepool.Executor.shutdown` ``(kill=True)``.
+    This happens when the executor is interrupted (Ctrl-C while a caller waits
+    on it), or stopped with
+    [`terminate_workers()`][safepool.Executor.terminate_workers] or
+    [`kill_workers()`][safepool.Executor.kill_workers].
     """
 
     def __init__(self, reason: str, pid: int | None = None) -> None:
@@ -122,11 +129,12 @@ class TaskStoppedError(Exception):
         return (type(self), (self.reason, self.pid))
 
 
-class RemoteTraceback(PebbleRemoteTraceback):
+class RemoteTraceback(PebbleRemoteTraceback, _StdlibRemoteTraceback):
     """The traceback of an exception raised in a worker, set as its ``__cause__``.
 
     Printing the parent-side exception shows this text first, the way
-    ``concurrent.futures`` does.
+    ``concurrent.futures`` does. It is an instance of both pebble's and the
+    stdlib's remote-traceback classes (``.traceback`` and ``.tb`` hold the text).
 
     Attributes:
         traceback: the formatted child traceback.
@@ -134,7 +142,8 @@ class RemoteTraceback(PebbleRemoteTraceback):
     """
 
     def __init__(self, traceback: str, pid: int | None = None) -> None:
-        super().__init__(traceback)  # type: ignore[no-untyped-call]
+        PebbleRemoteTraceback.__init__(self, traceback)  # type: ignore[no-untyped-call]
+        self.tb = traceback
         self.pid = pid
         self.args = (traceback, pid)
 
@@ -174,7 +183,7 @@ class PicklingError(pickle.PicklingError, TypeError):
 
     Raised by ``submit``/``map`` at the call site for an unpicklable function or
     argument, and set on the future for an unpicklable result. Subclasses both
-    :class:`pickle.PicklingError` and :class:`TypeError` (what the stdlib raises).
+    `pickle.PicklingError` and `TypeError` (what the stdlib raises).
 
     Attributes:
         what: which object could not be pickled, e.g. ``"args[1]"``,
@@ -198,8 +207,11 @@ class InitializerError(BrokenProcessPool):
     """A worker's ``initializer`` failed, or workers keep dying while they start.
 
     As in the stdlib, the executor is then broken: pending futures fail with
-    this error and ``submit`` raises it. The child traceback is the
-    ``__cause__``.
+    this error and ``submit`` raises it. When the initializer raised, its
+    exception is the ``__cause__`` (rebuilt in the parent), and that exception's
+    own ``__cause__`` is the child traceback. When workers died while starting
+    (a crash, or a main module that cannot be imported), the message says how
+    the last one ended and there is no cause.
     """
 
 

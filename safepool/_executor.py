@@ -9,7 +9,8 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from multiprocessing.context import BaseContext
-from types import TracebackType
+from multiprocessing.process import BaseProcess
+from types import EllipsisType, TracebackType
 from typing import Any, TypeVar
 
 from safepool._context import resolve_context, warn_if_fork_unsafe
@@ -52,28 +53,29 @@ def _timeout_of(fn: Callable[..., Any]) -> float | None:
 class Executor(cf.Executor):
     """A process pool executor that is safe by default.
 
-    A drop-in for :class:`concurrent.futures.ProcessPoolExecutor`: the first
+    A drop-in for `concurrent.futures.ProcessPoolExecutor`: the first
     five parameters have the stdlib's names and meanings; safepool's own are
     keyword-only.
 
     Args:
-        max_workers: the most worker processes at once (default: the number of
-            CPUs this process may use). Workers start on demand.
+        max_workers: the most worker processes at once. The default is the
+            stdlib's: ``os.process_cpu_count()`` on 3.13+, ``os.cpu_count()``
+            before. Workers start on demand.
         mp_context: a multiprocessing context or a start-method name. Default:
             ``"forkserver"`` on Linux, ``"spawn"`` on macOS and Windows. The
             global start method is never read or set. ``"fork"`` is honoured,
-            with a :class:`~safepool.ForkWarning` if other threads are alive.
+            with a [`ForkWarning`][safepool.ForkWarning] if other threads are alive.
         initializer: called as ``initializer(*initargs)`` once in each worker
             before its first task. If it raises, the executor is broken, as in
-            the stdlib (:class:`~safepool.InitializerError`).
+            the stdlib ([`InitializerError`][safepool.InitializerError]).
         initargs: arguments for ``initializer``.
         max_tasks_per_child: replace a worker after it ran this many tasks
             (any start method, any value).
         timeout: default per-task timeout in seconds, counted from when the task
             starts running. On expiry the worker and every process the task
             started are stopped (SIGTERM, then SIGKILL after ``kill_grace``),
-            the future fails with :class:`~safepool.TaskTimeoutError` and the
-            worker is replaced. Per call: :meth:`options`.
+            the future fails with [`TaskTimeoutError`][safepool.TaskTimeoutError] and the
+            worker is replaced. Per call: [`options()`][safepool.Executor.options].
         max_memory_per_child: replace a worker whose resident memory (RSS, in
             bytes) exceeds this after a task.
         kill_grace: seconds between SIGTERM and SIGKILL when a task's process
@@ -107,7 +109,10 @@ class Executor(cf.Executor):
         if not isinstance(initargs, tuple):
             raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
         if initializer is not None and context.get_start_method() != "fork":
-            dumps_call(initializer, initargs, {})  # fail here, not in every worker
+            # Fail here for a lambda or nested function, not in every worker.
+            # initargs are not checked: some (a multiprocessing Queue) may only
+            # cross when the process starts; a bad one breaks the executor then.
+            dumps_call(initializer, (), {})
         self._timeout = check_timeout(timeout)
         grace = check_timeout(kill_grace, "kill_grace") if kill_grace != 0 else 0.0
         warn_if_fork_unsafe(context, stacklevel=2)
@@ -136,15 +141,29 @@ class Executor(cf.Executor):
         """The start method of this executor's workers: forkserver, spawn or fork."""
         return self._pool.context.get_start_method()
 
+    # Read-only views under the stdlib's private names, so code and tests written
+    # against ProcessPoolExecutor's internals (CPython's own suite does) keep working.
+    @property
+    def _max_workers(self) -> int:
+        return self._pool.max_workers
+
+    @property
+    def _mp_context(self) -> BaseContext:
+        return self._pool.context
+
+    @property
+    def _processes(self) -> dict[int, BaseProcess]:
+        return self._pool.processes()
+
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> cf.Future[T]:
         """Schedule ``fn(*args, **kwargs)`` in a worker and return its future.
 
         ``fn`` and the arguments are pickled here, in the caller's thread: if
-        one of them cannot be pickled, :class:`~safepool.PicklingError` names
+        one of them cannot be pickled, [`PicklingError`][safepool.PicklingError] names
         it and nothing is queued.
 
         Raises:
-            RuntimeError: after :meth:`shutdown`.
+            RuntimeError: after [`shutdown()`][safepool.Executor.shutdown].
             safepool.InitializerError: if the executor is broken.
             safepool.PicklingError: if the call cannot be sent to a worker.
             TypeError: if ``fn`` is not callable.
@@ -158,7 +177,7 @@ class Executor(cf.Executor):
         timeout: float | None = None,
         chunksize: int = 1,
     ) -> Iterator[T]:
-        """Like :func:`map`, run in the workers: an iterator of results, in order.
+        """Like `map`(), run in the workers: an iterator of results, in order.
 
         All calls are submitted at once. ``timeout`` is an overall deadline for
         the iteration (``TimeoutError`` when it passes), not a per-task limit.
@@ -168,17 +187,19 @@ class Executor(cf.Executor):
         """
         return self._map(fn, iterables, timeout, chunksize, _UNSET)
 
-    def options(self, *, timeout: float | None = _UNSET) -> ExecutorView:
+    def options(self, *, timeout: float | EllipsisType | None = ...) -> ExecutorView:
         """A view of this executor whose ``submit``/``map`` use these per-call options.
 
-        The options never mix with the function's own keyword arguments::
+        The options never mix with the function's own keyword arguments:
 
-            pool.options(timeout=2).submit(fetch, url, timeout=30)  # fetch gets timeout=30
+        ```python
+        pool.options(timeout=2).submit(fetch, url, timeout=30)  # fetch gets timeout=30
+        ```
 
         ``timeout=None`` runs the calls without a timeout even when the
         executor or the task has a default.
         """
-        return ExecutorView(self, check_timeout(timeout) if timeout is not _UNSET else _UNSET)
+        return ExecutorView(self, _UNSET if timeout is ... else check_timeout(timeout))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work and release the workers once their tasks are done.
@@ -193,13 +214,13 @@ class Executor(cf.Executor):
     def terminate_workers(self) -> None:
         """Stop now: cancel pending tasks and stop running ones and their process trees.
 
-        Running futures fail with :class:`~safepool.TaskStoppedError`. Workers
+        Running futures fail with [`TaskStoppedError`][safepool.TaskStoppedError]. Workers
         get SIGTERM, then SIGKILL after ``kill_grace``. The executor is shut down.
         """
         self._shutdown(lambda: self._pool.stop("terminate_workers() was called", grace=1e9))
 
     def kill_workers(self) -> None:
-        """Like :meth:`terminate_workers`, but SIGKILL at once."""
+        """Like [`terminate_workers()`][safepool.Executor.terminate_workers], but SIGKILL now."""
         self._shutdown(lambda: self._pool.stop("kill_workers() was called", grace=0.0))
 
     def __exit__(
@@ -259,7 +280,9 @@ class Executor(cf.Executor):
 
 
 class ExecutorView(cf.Executor):
-    """An :class:`Executor` with per-call options, made by :meth:`Executor.options`.
+    """An [`Executor`][safepool.Executor] with per-call options.
+
+    Made by [`options()`][safepool.Executor.options].
 
     It shares the executor's workers. ``shutdown`` on a view does nothing: shut
     down the executor itself.
@@ -270,7 +293,7 @@ class ExecutorView(cf.Executor):
         self._task_timeout = timeout
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> cf.Future[T]:
-        """Like :meth:`Executor.submit`, with this view's options."""
+        """Like [`submit()`][safepool.Executor.submit], with this view's options."""
         return self._executor._submit(fn, args, kwargs, self._task_timeout)
 
     def map(
@@ -280,7 +303,7 @@ class ExecutorView(cf.Executor):
         timeout: float | None = None,
         chunksize: int = 1,
     ) -> Iterator[T]:
-        """Like :meth:`Executor.map`, with this view's options."""
+        """Like [`map()`][safepool.Executor.map], with this view's options."""
         return self._executor._map(fn, iterables, timeout, chunksize, self._task_timeout)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

@@ -22,25 +22,27 @@ T = TypeVar("T")
 
 
 class SafeFuture(Future[T]):
-    """The future of a task submitted to a :class:`safepool.Executor`."""
+    """The future of a task submitted to a [`safepool.Executor`][safepool.Executor]."""
 
     _safepool: Pool | None = None
 
     def result(self, timeout: float | None = None) -> T:
         try:
             return super().result(timeout)
-        except KeyboardInterrupt:
-            self._interrupted()
+        except KeyboardInterrupt as exc:
+            self._interrupted(exc)
             raise
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         try:
             return super().exception(timeout)
-        except KeyboardInterrupt:
-            self._interrupted()
+        except KeyboardInterrupt as exc:
+            self._interrupted(exc)
             raise
 
-    def _interrupted(self) -> None:
+    def _interrupted(self, exc: KeyboardInterrupt) -> None:
+        if exc is self._exception:  # the task itself raised it: that is its outcome
+            return
         pool = self._safepool
         if pool is not None:
             pool.interrupt()

@@ -42,6 +42,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import InvalidStateError
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -111,6 +112,19 @@ def _open_sentinel(process: BaseProcess) -> int:
     return process.sentinel
 
 
+def _block_sigint_for_children(context: BaseContext) -> None:
+    """Block SIGINT in this thread so the processes it starts boot with SIGINT blocked.
+
+    A Ctrl-C can then never hit a worker before it ignores SIGINT itself. The
+    stdlib's resource tracker, which spawn and forkserver start on first use,
+    unblocks SIGINT in the calling thread after starting itself, so it is
+    started first.
+    """
+    if context.get_start_method() != "fork":
+        resource_tracker.ensure_running()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
 def _set_result(future: SafeFuture[Any], value: Any) -> None:
     try:
         future.set_result(value)
@@ -126,7 +140,7 @@ def _set_exception(future: SafeFuture[Any], exc: BaseException) -> None:
 
 
 class Pool:
-    """The state behind an :class:`~safepool.Executor`, run by one manager thread."""
+    """The state behind an [`Executor`][safepool.Executor], run by one manager thread."""
 
     def __init__(
         self,
@@ -234,6 +248,10 @@ class Pool:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
+    def processes(self) -> dict[int, BaseProcess]:
+        """A snapshot of the live worker processes, by pid."""
+        return {w.pid: w.process for w in list(self._workers.values())}
+
     @property
     def is_shutdown(self) -> bool:
         return self._shutdown
@@ -259,7 +277,6 @@ class Pool:
     # ------------------------------------------------------------ manager loop
 
     def _run(self) -> None:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # workers inherit it
         try:
             while self._step():
                 pass
@@ -365,6 +382,7 @@ class Pool:
             inherited = [self._lifeline_w.fileno(), self._wake_r, self._wake_w,
                          parent_conn.fileno()]
         try:
+            _block_sigint_for_children(self.context)
             with keep_global_start_method_unset():
                 process = start_process(
                     self.context, "safepool-worker", worker_main,

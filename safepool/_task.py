@@ -2,7 +2,8 @@
 
 Why decorated functions usually break under spawn: the decorator rebinds
 ``module.f`` to the wrapper, so pickling the original function by reference
-fails ("not the same object as module.f"). A :class:`TaskFunction` instead
+fails ("not the same object as module.f"). A
+[`TaskFunction`][safepool.TaskFunction] instead
 pickles as a reference to ``(module, qualname)`` that the worker resolves to
 the *original* function: importing the module in the worker re-runs the
 decorator, and the lookup unwraps it. That works in a ``__main__`` script (the
@@ -58,9 +59,9 @@ def _resolve(module: str, qualname: str) -> Callable[..., Any]:
 
 
 class TaskFunction(Generic[P, R]):
-    """A function decorated with :func:`safepool.task`.
+    """A function decorated with [`safepool.task()`][safepool.task].
 
-    Calling it submits the call and returns a :class:`concurrent.futures.Future`.
+    Calling it submits the call and returns a `concurrent.futures.Future`.
     ``__wrapped__`` is the original function; it can also be given to any
     executor's ``submit`` or ``map``, where it runs as the original function.
     """
@@ -113,20 +114,22 @@ def task(
 ) -> TaskFunction[P, R] | Callable[[Callable[P, R]], TaskFunction[P, R]]:
     """Make a module-level function run in a worker process when called.
 
-    Usable bare (``@safepool.task``) or with options::
+    Usable bare (``@safepool.task``) or with options:
 
-        @safepool.task(timeout=5)
-        def render(page): ...
+    ```python
+    @safepool.task(timeout=5)
+    def render(page): ...
 
-        future = render(3)          # a concurrent.futures.Future
-        render.__wrapped__(3)       # the plain function, run here
+    future = render(3)          # a concurrent.futures.Future
+    render.__wrapped__(3)       # the plain function, run here
+    ```
 
     Args:
         timeout: per-task timeout in seconds for every call (see
-            :class:`safepool.Executor`); it also applies when the function is
+            [`safepool.Executor`][safepool.Executor]); it also applies when the function is
             given to a safepool executor's ``submit`` or ``map``.
         executor: the executor to run on; by default a shared one
-            (:func:`safepool.default_executor`).
+            ([`safepool.default_executor()`][safepool.default_executor]).
 
     Raises:
         ValueError: for a nested function or lambda, or a bad timeout.

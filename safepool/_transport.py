@@ -1,7 +1,7 @@
 """What crosses the pipes between the parent and a worker, and how it is checked.
 
 Parent -> worker: one message per task, the pickled ``(fn, args, kwargs)``
-made by :func:`dumps_call` in the thread that called ``submit``; an empty
+made by ``dumps_call()`` in the thread that called ``submit``; an empty
 message asks the worker to exit.
 
 Worker -> parent: one pickled tuple per event, first item the kind:
@@ -10,7 +10,7 @@ Worker -> parent: one pickled tuple per event, first item the kind:
 * ``(OK, result, rss)`` after a task returned;
 * ``(ERR, exc_bytes, type_name, message, traceback_text, rss)`` after a task
   raised; ``exc_bytes`` is pickled separately so the parent can fall back to a
-  :class:`~safepool.RemoteError` if it cannot rebuild the exception;
+  [`RemoteError`][safepool.RemoteError] if it cannot rebuild the exception;
 * ``(INIT_ERR, exc_bytes, type_name, message, traceback_text, 0)`` when the
   initializer failed.
 
@@ -90,7 +90,10 @@ def _diagnose(fn: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Pick
 
 
 def dumps_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bytes:
-    """Pickle a call for a worker, raising :class:`~safepool.PicklingError` naming the culprit."""
+    """Pickle a call for a worker.
+
+    Raises [`PicklingError`][safepool.PicklingError] naming the culprit.
+    """
     try:
         return _dumps((fn, args, kwargs))
     except _PICKLE_FAILURES as exc:
@@ -126,7 +129,7 @@ def encode_error(
     """Encode an exception raised in the worker, with its traceback text.
 
     The exception is pickled and unpickled here first: if either fails, a
-    :class:`~safepool.RemoteError` with the type name, message and traceback
+    [`RemoteError`][safepool.RemoteError] with the type name, message and traceback
     goes instead, so one odd exception can never break the pool.
     """
     if tb_text is None:
@@ -157,6 +160,6 @@ def decode_error(
         exc = RemoteError(type_name, message, tb_text, pid)
     if isinstance(exc, RemoteError) and exc.pid is None:
         exc.pid = pid
-    # object.__setattr__ also works on frozen dataclass exceptions.
-    object.__setattr__(exc, "__cause__", RemoteTraceback(tb_text, pid))
+    if tb_text:  # object.__setattr__ also works on frozen dataclass exceptions
+        object.__setattr__(exc, "__cause__", RemoteTraceback(tb_text, pid))
     return exc

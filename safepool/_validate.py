@@ -40,7 +40,7 @@ def check_positive_int(value: Any, name: str, *, allow_none: bool = True) -> int
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
+        raise ValueError(f"{name} must be greater than 0, got {value}")
     return value
 
 

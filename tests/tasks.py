@@ -140,3 +140,11 @@ def spawn_tree_and_hang(fifo):
     notify(fifo, " ".join(map(str, pids)))
     while True:
         time.sleep(60)
+
+
+def raise_keyboard_interrupt():
+    raise KeyboardInterrupt("raised by the task")
+
+
+def put_in_queue(queue):
+    queue.put(os.getpid())

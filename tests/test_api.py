@@ -187,7 +187,7 @@ def test_every_future_resolves_exactly_once(make_pool):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"max_workers": 0}, ValueError, "max_workers must be at least 1"),
+        ({"max_workers": 0}, ValueError, "max_workers must be greater than 0"),
         ({"max_workers": -3}, ValueError, "max_workers"),
         ({"max_workers": "2"}, TypeError, "max_workers must be an int"),
         ({"mp_context": "bogus"}, ValueError, "unknown start method 'bogus'"),
@@ -310,3 +310,13 @@ def test_many_threads_submitting_at_once(make_pool):
     assert time.monotonic() - start < 60
     expected = sorted(b * 1000 + i for b in range(4) for i in range(200))
     assert sorted(r for chunk in results for r in chunk) == expected
+
+
+def test_initargs_may_hold_objects_that_cross_only_at_process_start(method):
+    ctx = multiprocessing.get_context(method)
+    queue = ctx.Queue()
+    with safepool.Executor(1, ctx, initializer=tasks.put_in_queue, initargs=(queue,)) as pool:
+        worker = pool.submit(tasks.pid).result(timeout=30)
+    assert queue.get(timeout=30) == worker
+    queue.close()
+    queue.join_thread()

@@ -83,3 +83,17 @@ def test_unpicklable_result_fails_only_that_future_naming_its_type(make_pool):
     assert info.value.what == "the result"
     assert info.value.type_name == "lock"
     assert pool.submit(tasks.pid).result(timeout=30) == worker  # same worker, still fine
+
+
+def test_a_task_raising_keyboard_interrupt_does_not_stop_the_executor(make_pool):
+    pool = make_pool(1)
+    with pytest.raises(KeyboardInterrupt, match="raised by the task"):
+        pool.submit(tasks.raise_keyboard_interrupt).result(timeout=30)
+    assert pool.submit(tasks.add, 1).result(timeout=30) == 1
+
+
+def test_an_unpicklable_result_has_no_empty_child_traceback(make_pool):
+    pool = make_pool(1)
+    error = pool.submit(tasks.return_unpicklable).exception(timeout=30)
+    assert isinstance(error, safepool.PicklingError)
+    assert error.__cause__ is None

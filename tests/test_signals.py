@@ -51,3 +51,20 @@ def test_parent_sigkill_leaves_no_orphans(method, fifo):
         stop_script(script)
     assert survivors == []
     assert elapsed < 2.0
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_workers_are_started_with_sigint_blocked(method):
+    # In a fresh interpreter, where starting the first worker also starts the
+    # stdlib's resource tracker (which unblocks SIGINT in its caller's thread).
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, SCRIPTS
+
+    out = subprocess.run([sys.executable, str(SCRIPTS / "sigmask.py"), method],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    expected = ["manager True"] + (["forkserver True"] if method == "forkserver" else [])
+    assert out.stdout.split("\n")[:-1] == expected
