@@ -170,6 +170,11 @@ class Pool:
         self._stop_reason: str | None = None
         self._broken: Callable[[], BaseException] | None = None
         self._thread: threading.Thread | None = None
+        # Set when the manager thread has finished. Waiting uses this, never
+        # Thread.join(): on 3.11 a KeyboardInterrupt that interrupts join()
+        # marks the still-running thread as stopped (bpo-45274), after which
+        # join() returns at once.
+        self._done = threading.Event()
 
         # Owned by the manager thread.
         self._workers: dict[int, _Worker] = {}  # by sentinel
@@ -244,9 +249,10 @@ class Pool:
             ProcessTree(worker.pid).signal(signal.SIGKILL)
 
     def join(self, timeout: float | None = None) -> None:
+        """Wait until the manager thread has finished (all workers gone)."""
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+            self._done.wait(timeout)
 
     def processes(self) -> dict[int, BaseProcess]:
         """A snapshot of the live worker processes, by pid."""
@@ -285,6 +291,7 @@ class Pool:
             raise
         finally:
             self._close()
+            self._done.set()
 
     def _step(self) -> bool:
         """One round of the manager loop; False once the pool is finished."""

@@ -18,7 +18,7 @@ def _tree_pids(fifo, count=2):
     return pids
 
 
-@pytest.mark.parametrize("mode", ["with", "result", "map", "exit"])
+@pytest.mark.parametrize("mode", ["with", "with-exit", "result", "map", "exit"])
 def test_one_ctrl_c_stops_everything_quietly_and_fast(mode, method, fifo):
     script = run_script("ctrl_c.py", mode, fifo.path, method)
     try:

@@ -1,6 +1,6 @@
 """Runs an executor and waits on it in one of several ways until Ctrl-C arrives.
 
-usage: ctrl_c.py MODE FIFO METHOD   (MODE: with | result | map | exit)
+usage: ctrl_c.py MODE FIFO METHOD   (MODE: with | with-exit | result | map | exit)
 Two tasks start process trees and report their pids on FIFO; more wait queued.
 """
 
@@ -17,11 +17,13 @@ def main() -> None:
     if mode == "map":
         for _ in pool.map(tasks.spawn_tree_and_hang, [fifo] * 6):
             pass
-    elif mode == "with":
+    elif mode in ("with", "with-exit"):
         with pool:
             for _ in range(6):
                 pool.submit(tasks.spawn_tree_and_hang, fifo)
-            time.sleep(120)
+            if mode == "with":
+                time.sleep(120)  # Ctrl-C in the body
+        # with-exit: Ctrl-C while __exit__ waits in shutdown(wait=True)
     else:
         futures = [pool.submit(tasks.spawn_tree_and_hang, fifo) for _ in range(6)]
         if mode == "result":
