@@ -17,11 +17,14 @@ from safepool._errors import (
     PicklingError,
     RemoteError,
     RemoteTraceback,
+    ResourceSetupError,
     TaskStoppedError,
     TaskTimeoutError,
     WorkerCrashedError,
 )
 from safepool._executor import Executor, ExecutorView
+from safepool._resource_runtime import poison_worker, resource
+from safepool._resources import Outcome, Resource, worker_resource
 from safepool._task import TaskFunction, default_executor, task
 
 #: The stdlib's name for the same class, for drop-in use.
@@ -31,8 +34,8 @@ __version__ = "0.1.0.dev0"
 
 # Show the public names in tracebacks and reprs (safepool.TaskTimeoutError, ...).
 for _cls in (ForkWarning, InitializerError, PicklingError, RemoteError, RemoteTraceback,
-             TaskStoppedError, TaskTimeoutError, WorkerCrashedError, Executor, ExecutorView,
-             TaskFunction):
+             ResourceSetupError, TaskStoppedError, TaskTimeoutError, WorkerCrashedError,
+             Executor, ExecutorView, TaskFunction, Resource, Outcome):
     _cls.__module__ = "safepool"
 del _cls
 
@@ -41,15 +44,21 @@ __all__ = [
     "ExecutorView",
     "ForkWarning",
     "InitializerError",
+    "Outcome",
     "PicklingError",
     "ProcessPoolExecutor",
     "RemoteError",
     "RemoteTraceback",
+    "Resource",
+    "ResourceSetupError",
     "TaskFunction",
     "TaskStoppedError",
     "TaskTimeoutError",
     "WorkerCrashedError",
     "__version__",
     "default_executor",
+    "poison_worker",
+    "resource",
     "task",
+    "worker_resource",
 ]

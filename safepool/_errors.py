@@ -22,6 +22,7 @@ __all__ = [
     "PicklingError",
     "RemoteError",
     "RemoteTraceback",
+    "ResourceSetupError",
     "TaskStoppedError",
     "TaskTimeoutError",
     "WorkerCrashedError",
@@ -213,6 +214,37 @@ class InitializerError(BrokenProcessPool):
     (a crash, or a main module that cannot be imported), the message says how
     the last one ended and there is no cause.
     """
+
+
+class ResourceSetupError(Exception):
+    """A worker resource's setup failed, so no worker could start to run the task.
+
+    The resource's own exception, rebuilt in the parent with its child
+    traceback, is the ``__cause__``. safepool retries starting workers with a
+    growing delay (up to ``setup_backoff_max`` seconds); while it waits and no
+    worker is running, submitted futures fail at once with this error instead of
+    queueing, so callers never hang on a resource that cannot come up.
+
+    Attributes:
+        resource: the name of the resource whose setup failed.
+        pid: the worker where it failed.
+        retry_in: seconds until safepool tries to start a worker again.
+    """
+
+    def __init__(
+        self, resource: str | None, pid: int | None, message: str, retry_in: float
+    ) -> None:
+        self.resource = resource
+        self.pid = pid
+        self.message = message
+        self.retry_in = retry_in
+        super().__init__(
+            f"resource {resource!r} failed to set up in worker pid {pid}: {message}; "
+            f"safepool will try to start a worker again in {retry_in:.2g}s"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.resource, self.pid, self.message, self.retry_in))
 
 
 class ForkWarning(RuntimeWarning):

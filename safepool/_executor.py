@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from safepool._context import resolve_context, warn_if_fork_unsafe
 from safepool._future import SafeFuture
 from safepool._manager import Pool, WorkItem
+from safepool._resources import Resource, order_resources
 from safepool._transport import dumps_call
 from safepool._validate import check_callable, check_positive_int, check_timeout
 from safepool._worker import run_chunk
@@ -82,6 +83,13 @@ class Executor(cf.Executor):
             tree is stopped.
         exit_timeout: seconds a retiring worker may take to exit cleanly before
             it is killed.
+        resources: [`Resource`][safepool.Resource] objects each worker sets up
+            once when it starts (in dependency order), resets around every
+            task and tears down when it exits on purpose. Tasks get them with
+            [`safepool.resource(name)`][safepool.resource].
+        setup_backoff_max: the longest delay, in seconds, between attempts to
+            start a worker after a resource failed to set up (the delay starts
+            at 0.1 s and doubles).
 
     Raises:
         ValueError: ``max_workers`` < 1, an unknown start method, a
@@ -101,6 +109,8 @@ class Executor(cf.Executor):
         max_memory_per_child: int | None = None,
         kill_grace: float = 0.5,
         exit_timeout: float = 10.0,
+        resources: Iterable[Resource[Any]] = (),
+        setup_backoff_max: float = 5.0,
     ) -> None:
         workers = check_positive_int(max_workers, "max_workers") or _default_max_workers()
         context = resolve_context(mp_context)
@@ -115,6 +125,8 @@ class Executor(cf.Executor):
             dumps_call(initializer, (), {})
         self._timeout = check_timeout(timeout)
         grace = check_timeout(kill_grace, "kill_grace") if kill_grace != 0 else 0.0
+        ordered = order_resources(resources, check_pickling=context.get_start_method() != "fork")
+        backoff_max = check_timeout(setup_backoff_max, "setup_backoff_max") or 5.0
         warn_if_fork_unsafe(context, stacklevel=2)
         self._pool = Pool(
             context=context,
@@ -125,6 +137,8 @@ class Executor(cf.Executor):
             max_memory_per_child=check_positive_int(max_memory_per_child, "max_memory_per_child"),
             kill_grace=grace or 0.0,
             exit_timeout=check_timeout(exit_timeout, "exit_timeout") or 10.0,
+            resources=ordered,
+            setup_backoff_max=backoff_max,
         )
         # An executor dropped without shutdown() still releases its workers.
         weakref.finalize(self, self._pool.shutdown, False, False)

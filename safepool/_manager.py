@@ -54,6 +54,7 @@ from safepool._errors import (
     InitializerError,
     PicklingError,
     RemoteTraceback,
+    ResourceSetupError,
     TaskStoppedError,
     TaskTimeoutError,
     WorkerCrashedError,
@@ -62,12 +63,13 @@ from safepool._errors import (
 from safepool._future import SafeFuture
 from safepool._pebble import start_process
 from safepool._proctree import ProcessTree
+from safepool._resources import Resource
 from safepool._worker import worker_main
 
 __all__ = ["Pool", "WorkItem"]
 
 STARTING, IDLE, BUSY, RETIRING, KILLING = "starting", "idle", "busy", "retiring", "killing"
-_TIMEOUT, _KILL, _EXIT_WAIT = 0, 1, 2
+_TIMEOUT, _KILL, _EXIT_WAIT, _WAKE = 0, 1, 2, 3
 #: Workers that die before they are ready, in a row, before the pool gives up.
 _MAX_BOOT_FAILURES = 3
 
@@ -153,8 +155,12 @@ class Pool:
         max_memory_per_child: int | None,
         kill_grace: float,
         exit_timeout: float,
+        resources: tuple[Resource[Any], ...] = (),
+        setup_backoff_max: float = 5.0,
     ) -> None:
         self.context = context
+        self._resources = resources
+        self._backoff_max = setup_backoff_max
         self.max_workers = max_workers
         self._initializer = initializer
         self._initargs = initargs
@@ -185,6 +191,11 @@ class Pool:
         self._seq = itertools.count()
         self._boot_failures = 0
         self._last_boot_failure = ""
+        # Resource setup failures: retry with a growing delay; fail fast meanwhile.
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        self._setup_error: Callable[[], BaseException] | None = None
+        self._healthy = 0  # workers that are IDLE or BUSY
         self._stopping_handled = False
 
         self._wake_r, self._wake_w = os.pipe()
@@ -205,6 +216,10 @@ class Pool:
             if _interpreter_exiting:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             item.future._safepool = self
+            if self._failing_fast():
+                assert self._setup_error is not None
+                item.future.set_exception(self._setup_error())
+                return
             self._pending.append(item)
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -268,6 +283,14 @@ class Pool:
             self._close()
         elif wait:
             self.join()
+
+    def _failing_fast(self) -> bool:
+        """True while no worker runs and a resource setup failure's backoff lasts."""
+        return (
+            self._setup_error is not None
+            and self._healthy == 0
+            and time.monotonic() < self._retry_at
+        )
 
     def _take_pending(self) -> list[WorkItem]:
         items = list(self._pending)
@@ -377,7 +400,10 @@ class Pool:
         """Start workers on demand: as many as waiting work needs, up to max_workers."""
         active = [w for w in self._workers.values() if w.state in (STARTING, IDLE, BUSY)]
         starting = sum(1 for w in active if w.state == STARTING)
+        self._healthy = len(active) - starting
         need = len(self._pending) + len(self._retry) - len(self._idle) - starting
+        if need > 0 and time.monotonic() < self._retry_at:
+            return  # backing off after a resource setup failure; a _WAKE deadline is set
         for _ in range(min(need, self.max_workers - len(active))):
             if not self._start_worker():
                 return
@@ -395,6 +421,7 @@ class Pool:
                     self.context, "safepool-worker", worker_main,
                     child_conn, self._lifeline_r, inherited,
                     self._initializer, self._initargs, self._max_memory is not None,
+                    self._resources,
                 )
         except Exception as exc:
             parent_conn.close()
@@ -431,9 +458,13 @@ class Pool:
             if kind == _transport.READY:
                 worker.state = IDLE
                 self._boot_failures = 0
+                self._backoff = 0.0
+                self._setup_error = None
                 self._idle.append(worker)
             elif kind == _transport.INIT_ERR:
                 self._on_initializer_error(worker, message)
+            elif kind == _transport.SETUP_ERR:
+                self._on_setup_error(worker, message)
             return
         item, worker.item = worker.item, None
         if item is None:  # stopped or timed out already, or a late READY
@@ -454,15 +485,16 @@ class Pool:
             )
             error.__cause__ = exc
             _set_exception(item.future, error)
-            self._after_task(worker, 0)
+            self._after_task(worker, (0, None))
 
-    def _after_task(self, worker: _Worker, rss: int) -> None:
+    def _after_task(self, worker: _Worker, trailer: tuple[int, str | None]) -> None:
         worker.tasks += 1
         if worker.state != BUSY:
             return
+        rss, poison = trailer
         too_many = self._max_tasks is not None and worker.tasks >= self._max_tasks
         too_big = self._max_memory is not None and rss > self._max_memory
-        if too_many or too_big or self._shutdown:
+        if too_many or too_big or poison is not None or self._shutdown:
             self._retire(worker)
         else:
             worker.state = IDLE
@@ -538,6 +570,7 @@ class Pool:
                 a.signal(signal.SIGKILL)
             elif kind == _EXIT_WAIT and a.sentinel in self._workers and a.state == RETIRING:
                 self._kill(a)
+            # _WAKE only ends the wait, so that _start_workers runs again.
 
     def _kill(self, worker: _Worker) -> None:
         """Stop a worker and its process tree: SIGTERM now, SIGKILL after the grace period."""
@@ -578,6 +611,31 @@ class Pool:
         )
         self._break(lambda: InitializerError(summary), cause=cause)
         self._retire(worker)
+
+    def _on_setup_error(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        """A resource failed to set up: fail what waits if no worker can serve it; back off."""
+        _, exc_bytes, type_name, text, tb_text, name = message
+        cause = _transport.decode_error(exc_bytes, type_name, text, tb_text, worker.pid)
+        worker.state = RETIRING  # it exits by itself; not a boot crash
+        self._backoff = min(max(0.1, self._backoff * 2), self._backoff_max)
+        self._retry_at = time.monotonic() + self._backoff
+        self._push_deadline(self._retry_at, _WAKE, None)
+        summary, retry_in, pid = f"{type_name}: {text}", self._backoff, worker.pid
+
+        def make() -> BaseException:
+            error = ResourceSetupError(name, pid, summary, retry_in)
+            error.__cause__ = cause
+            return error
+
+        self._setup_error = make
+        if not any(w.state in (IDLE, BUSY) for w in self._workers.values()):
+            with self._lock:
+                items = self._take_pending()
+            items += list(self._retry)
+            self._retry.clear()
+            for item in items:
+                if item.future.start():
+                    _set_exception(item.future, make())
 
     def _break(
         self, make_error: Callable[[], BaseException], cause: BaseException | None = None

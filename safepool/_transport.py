@@ -7,12 +7,14 @@ message asks the worker to exit.
 Worker -> parent: one pickled tuple per event, first item the kind:
 
 * ``(READY,)`` once the worker has started and its initializer succeeded;
-* ``(OK, result, rss)`` after a task returned;
-* ``(ERR, exc_bytes, type_name, message, traceback_text, rss)`` after a task
-  raised; ``exc_bytes`` is pickled separately so the parent can fall back to a
-  [`RemoteError`][safepool.RemoteError] if it cannot rebuild the exception;
-* ``(INIT_ERR, exc_bytes, type_name, message, traceback_text, 0)`` when the
-  initializer failed.
+* ``(OK, result, (rss, poison))`` after a task returned;
+* ``(ERR, exc_bytes, type_name, message, traceback_text, (rss, poison))``
+  after a task raised; ``exc_bytes`` is pickled separately so the parent can
+  fall back to a [`RemoteError`][safepool.RemoteError] if it cannot rebuild
+  the exception. ``rss`` is the worker's memory after the task (0 when not
+  measured) and ``poison`` why the worker must be recycled, or ``None``;
+* ``(INIT_ERR, ..., None)`` when the initializer failed, and
+  ``(SETUP_ERR, ..., resource_name)`` when a resource's setup failed.
 
 Every task gets exactly one reply, so a reply that cannot be decoded fails only
 that task's future and never desynchronises the pipe.
@@ -35,13 +37,14 @@ __all__ = [
     "INIT_ERR",
     "OK",
     "READY",
+    "SETUP_ERR",
     "decode_error",
     "dumps_call",
     "encode_error",
     "encode_result",
 ]
 
-READY, OK, ERR, INIT_ERR = 0, 1, 2, 3
+READY, OK, ERR, INIT_ERR, SETUP_ERR = 0, 1, 2, 3, 4
 #: The message that asks a worker to run its teardown and exit.
 EXIT = b""
 
@@ -103,10 +106,10 @@ def dumps_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[st
         raise error from exc
 
 
-def encode_result(result: Any, rss: int) -> bytes:
+def encode_result(result: Any, trailer: Any) -> bytes:
     """Encode a task's return value; an unpicklable one becomes a PicklingError reply."""
     try:
-        return pickle.dumps((OK, result, rss), _PROTOCOL)
+        return pickle.dumps((OK, result, trailer), _PROTOCOL)
     except _PICKLE_FAILURES as exc:
         error = PicklingError(
             "the result",
@@ -114,7 +117,7 @@ def encode_result(result: Any, rss: int) -> bytes:
             str(exc) or type(exc).__name__,
             "Return plain data (numbers, strings, lists, dicts, dataclasses) from tasks",
         )
-        return encode_error(error, rss, tb_text="")
+        return encode_error(error, trailer, tb_text="")
 
 
 def _type_name(exc: BaseException) -> str:
@@ -124,7 +127,7 @@ def _type_name(exc: BaseException) -> str:
 
 
 def encode_error(
-    exc: BaseException, rss: int, *, kind: int = ERR, tb_text: str | None = None
+    exc: BaseException, trailer: Any, *, kind: int = ERR, tb_text: str | None = None
 ) -> bytes:
     """Encode an exception raised in the worker, with its traceback text.
 
@@ -144,7 +147,7 @@ def encode_error(
         pickle.loads(exc_bytes)
     except BaseException:
         exc_bytes = pickle.dumps(RemoteError(type_name, message, tb_text), _PROTOCOL)
-    return pickle.dumps((kind, exc_bytes, type_name, message, tb_text, rss), _PROTOCOL)
+    return pickle.dumps((kind, exc_bytes, type_name, message, tb_text, trailer), _PROTOCOL)
 
 
 def decode_error(

@@ -10,9 +10,11 @@ A worker:
 2. watches a *lifeline* pipe on a small thread: the parent never writes to it,
    so EOF means the parent died, and the worker kills its process tree and
    exits at once, even in the middle of a task;
-3. runs the stdlib-style ``initializer``, then says READY;
-4. loops: read a task, run it, send exactly one reply; an empty message (or
-   EOF) ends the loop and the worker exits normally.
+3. runs the stdlib-style ``initializer`` and sets up its resources (in
+   dependency order), then says READY;
+4. loops: read a task, run it between the resources' ``before`` and ``after``
+   hooks, send exactly one reply; an empty message (or EOF) ends the loop, the
+   resources are torn down and the worker exits normally.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from safepool import _transport
+from safepool._resource_runtime import WorkerResources, take_poison
+from safepool._resources import Outcome, Resource
 
 __all__ = ["run_chunk", "worker_main"]
 
@@ -85,6 +89,7 @@ def worker_main(
     initializer: Callable[..., object] | None,
     initargs: tuple[Any, ...],
     measure_rss: bool,
+    resources: tuple[Resource[Any], ...] = (),
 ) -> None:
     """Entry point of a worker process (the ``target`` of its ``Process``)."""
     _quiet_signals()
@@ -100,10 +105,26 @@ def worker_main(
         try:
             initializer(*initargs)
         except BaseException as exc:
-            conn.send_bytes(_transport.encode_error(exc, 0, kind=_transport.INIT_ERR))
+            conn.send_bytes(_transport.encode_error(exc, None, kind=_transport.INIT_ERR))
+            return
+    runtime = WorkerResources(resources) if resources else None
+    if runtime is not None:
+        try:
+            runtime.setup()
+        except BaseException as exc:
+            name = getattr(exc, "safepool_resource", None)
+            conn.send_bytes(_transport.encode_error(exc, name, kind=_transport.SETUP_ERR))
             return
     conn.send_bytes(pickle.dumps((_transport.READY,)))
+    try:
+        _serve(conn, runtime, measure_rss)
+    finally:
+        if runtime is not None:
+            runtime.teardown()
 
+
+def _serve(conn: Connection, runtime: WorkerResources | None, measure_rss: bool) -> None:
+    """Run tasks until the parent sends EXIT or goes away."""
     rss_of: Callable[[], int] = lambda: 0  # noqa: E731
     if measure_rss:
         import psutil
@@ -118,16 +139,22 @@ def worker_main(
             return
         if data == _transport.EXIT:
             return
-        conn.send_bytes(_run_task(data, rss_of))
+        conn.send_bytes(_run_task(data, rss_of, runtime))
 
 
-def _run_task(data: bytes, rss_of: Callable[[], int]) -> bytes:
+def _run_task(data: bytes, rss_of: Callable[[], int], runtime: WorkerResources | None) -> bytes:
     try:
         fn, args, kwargs = pickle.loads(data)
+        if runtime is not None:
+            runtime.before_task()
         result = fn(*args, **kwargs)
     except BaseException as exc:
+        if runtime is not None:
+            runtime.after_task(Outcome(exception=exc))
         tb = exc.__traceback__
         # Start the child traceback at the task's own frame, not at this one.
         tb_text = "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
-        return _transport.encode_error(exc, rss_of(), tb_text=tb_text)
-    return _transport.encode_result(result, rss_of())
+        return _transport.encode_error(exc, (rss_of(), take_poison()), tb_text=tb_text)
+    if runtime is not None:
+        runtime.after_task(Outcome(result=result))
+    return _transport.encode_result(result, (rss_of(), take_poison()))
