@@ -397,14 +397,18 @@ class Pool:
                 self._push_deadline(time.monotonic() + item.timeout, _TIMEOUT, worker, item)
 
     def _start_workers(self) -> None:
-        """Start workers on demand: as many as waiting work needs, up to max_workers."""
-        active = [w for w in self._workers.values() if w.state in (STARTING, IDLE, BUSY)]
-        starting = sum(1 for w in active if w.state == STARTING)
-        self._healthy = len(active) - starting
+        """Start workers on demand: as many as waiting work needs, up to max_workers.
+
+        Workers still exiting (retiring or being killed) count toward
+        max_workers until they are gone, so there are never more worker
+        processes, nor more of their connections, than max_workers allows.
+        """
+        starting = sum(1 for w in self._workers.values() if w.state == STARTING)
+        self._healthy = sum(1 for w in self._workers.values() if w.state in (IDLE, BUSY))
         need = len(self._pending) + len(self._retry) - len(self._idle) - starting
         if need > 0 and time.monotonic() < self._retry_at:
             return  # backing off after a resource setup failure; a _WAKE deadline is set
-        for _ in range(min(need, self.max_workers - len(active))):
+        for _ in range(min(need, self.max_workers - len(self._workers))):
             if not self._start_worker():
                 return
 

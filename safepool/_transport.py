@@ -57,8 +57,9 @@ _PICKLE_FAILURES = (Exception,)
 
 _WORKER_RESOURCE_HINT = (
     "Objects such as connections, engines, pools, locks, sockets, threads and "
-    "clients cannot cross a process boundary: create them in the worker (in an "
-    "initializer) instead of passing them"
+    "clients cannot cross a process boundary: create one in each worker instead, "
+    "as a worker resource (Executor(resources=[safepool.Resource(...)]), ready-made "
+    "ones in safepool.integrations) that tasks get with safepool.resource(name)"
 )
 
 

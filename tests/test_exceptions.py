@@ -57,7 +57,7 @@ def test_unpicklable_argument_fails_at_submit_naming_it(make_pool):
         pool.submit(tasks.add, 1, threading.Lock())
     assert info.value.what == "args[1]"
     assert "args[1] (type lock)" in str(info.value)
-    assert "create them in the worker" in str(info.value)
+    assert "as a worker resource" in str(info.value)
     with pytest.raises(TypeError, match=r"kwargs\['b'\]"):
         pool.submit(tasks.add, 1, b=threading.Lock())
     assert pool.submit(tasks.add, 1).result(timeout=30) == 1
