@@ -9,10 +9,20 @@ import threading
 import safepool
 from tests import hazards
 
+_barrier = None
+
+
+def set_barrier(barrier):
+    """Initializer: keep a multiprocessing Barrier (it may only cross at process start)."""
+    global _barrier
+    _barrier = barrier
+
 
 def pg_own_rows(table, tag, queries):
     """Run ``queries`` queries on this worker's psycopg2/psycopg connection; each must return
-    exactly the rows tagged ``tag``."""
+    exactly the rows tagged ``tag``. With a barrier set, tasks start in rounds, all at once."""
+    if _barrier is not None:
+        _barrier.wait(30)
     conn = safepool.resource("pg").connection()
     return hazards.check_own_rows(conn, table, tag, queries), os.getpid()
 

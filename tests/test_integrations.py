@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 
@@ -19,6 +20,14 @@ from tests import integration_tasks as it
 from tests.services import importorskip, mariadb_params, mosquitto_address, postgres_dsn
 
 __all__ = ["mariadb_params", "mosquitto_address", "postgres_dsn"]  # fixtures used below
+
+
+@pytest.fixture(scope="session")
+def barrier4():
+    """A Barrier(4) for forkserver workers. Session-scoped because creating it allocates
+    multiprocessing's shared-memory heap (an fd kept for the interpreter's life), which must
+    exist before the per-test leak check takes its snapshot."""
+    return multiprocessing.get_context("forkserver").Barrier(4)
 
 
 @pytest.fixture
@@ -48,12 +57,14 @@ def sa_url(dsn_user="postgres"):
 
 
 @pytest.mark.parametrize("flavour", ["psycopg2", "psycopg"])
-def test_every_task_gets_exactly_its_own_rows(flavour, postgres_dsn, tagged_table):
+def test_every_task_gets_exactly_its_own_rows(flavour, postgres_dsn, tagged_table, barrier4):
     # The fork-inherited pool crosses replies (test_fork_hazards); one pool per worker does not.
     importorskip(flavour)
     table, tags = tagged_table
     integration = sp_psycopg2 if flavour == "psycopg2" else sp_psycopg
-    with safepool.Executor(4, resources=[integration.pool("pg", postgres_dsn)]) as pool:
+    # Each round of 4 tasks waits at the barrier: they run at once, on 4 different workers.
+    with safepool.Executor(4, "forkserver", it.set_barrier, (barrier4,),
+                           resources=[integration.pool("pg", postgres_dsn)]) as pool:
         futures = [pool.submit(it.pg_own_rows, table, tag, 150) for tag in tags]
         results = [f.result(timeout=60) for f in futures]
     assert sum(done for done, _ in results) == 8 * 150 >= 1000  # 0 errors, every row its own
