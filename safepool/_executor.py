@@ -90,6 +90,9 @@ class Executor(cf.Executor):
         setup_backoff_max: the longest delay, in seconds, between attempts to
             start a worker after a resource failed to set up (the delay starts
             at 0.1 s and doubles).
+        idle_timeout: retire a worker that has been idle this many seconds
+            (its resources are torn down); a new one starts when work comes.
+            ``None`` (the default) keeps idle workers.
 
     Raises:
         ValueError: ``max_workers`` < 1, an unknown start method, a
@@ -111,6 +114,7 @@ class Executor(cf.Executor):
         exit_timeout: float = 10.0,
         resources: Iterable[Resource[Any]] = (),
         setup_backoff_max: float = 5.0,
+        idle_timeout: float | None = None,
     ) -> None:
         workers = check_positive_int(max_workers, "max_workers") or _default_max_workers()
         context = resolve_context(mp_context)
@@ -139,6 +143,7 @@ class Executor(cf.Executor):
             exit_timeout=check_timeout(exit_timeout, "exit_timeout") or 10.0,
             resources=ordered,
             setup_backoff_max=backoff_max,
+            idle_timeout=check_timeout(idle_timeout, "idle_timeout"),
         )
         # An executor dropped without shutdown() still releases its workers.
         weakref.finalize(self, self._pool.shutdown, False, False)

@@ -69,7 +69,7 @@ from safepool._worker import worker_main
 __all__ = ["Pool", "WorkItem"]
 
 STARTING, IDLE, BUSY, RETIRING, KILLING = "starting", "idle", "busy", "retiring", "killing"
-_TIMEOUT, _KILL, _EXIT_WAIT, _WAKE = 0, 1, 2, 3
+_TIMEOUT, _KILL, _EXIT_WAIT, _WAKE, _IDLE = 0, 1, 2, 3, 4
 #: Workers that die before they are ready, in a row, before the pool gives up.
 _MAX_BOOT_FAILURES = 3
 
@@ -157,8 +157,10 @@ class Pool:
         exit_timeout: float,
         resources: tuple[Resource[Any], ...] = (),
         setup_backoff_max: float = 5.0,
+        idle_timeout: float | None = None,
     ) -> None:
         self.context = context
+        self._idle_timeout = idle_timeout
         self._resources = resources
         self._backoff_max = setup_backoff_max
         self.max_workers = max_workers
@@ -460,11 +462,10 @@ class Pool:
         kind = message[0]
         if worker.state == STARTING:
             if kind == _transport.READY:
-                worker.state = IDLE
                 self._boot_failures = 0
                 self._backoff = 0.0
                 self._setup_error = None
-                self._idle.append(worker)
+                self._make_idle(worker)
             elif kind == _transport.INIT_ERR:
                 self._on_initializer_error(worker, message)
             elif kind == _transport.SETUP_ERR:
@@ -501,8 +502,15 @@ class Pool:
         if too_many or too_big or poison is not None or self._shutdown:
             self._retire(worker)
         else:
-            worker.state = IDLE
-            self._idle.append(worker)
+            self._make_idle(worker)
+
+    def _make_idle(self, worker: _Worker) -> None:
+        worker.state = IDLE
+        self._idle.append(worker)
+        if self._idle_timeout is not None:
+            # Retire it if it is still idle, with the same task count, when this fires.
+            when = time.monotonic() + self._idle_timeout
+            self._push_deadline(when, _IDLE, worker, worker.tasks)
 
     def _retire(self, worker: _Worker) -> None:
         """Ask a worker to exit cleanly (teardown runs); kill it if it takes too long."""
@@ -574,6 +582,8 @@ class Pool:
                 a.signal(signal.SIGKILL)
             elif kind == _EXIT_WAIT and a.sentinel in self._workers and a.state == RETIRING:
                 self._kill(a)
+            elif kind == _IDLE and a.state == IDLE and a.tasks == b and a.sentinel in self._workers:
+                self._retire(a)
             # _WAKE only ends the wait, so that _start_workers runs again.
 
     def _kill(self, worker: _Worker) -> None:

@@ -197,3 +197,25 @@ def test_resource_declaration_errors():
         safepool.Resource("g", rd.generator_setup, teardown=print)
     with pytest.raises(TypeError, match="poison_on"):
         safepool.Resource("p", int, poison_on=["ValueError"])
+
+
+def test_an_idle_worker_is_retired_after_idle_timeout_with_teardown(make_pool, logfile):
+    pool = make_pool(1, idle_timeout=0.3, resources=[rd.session_resource(logfile)])
+    first = pool.submit(rd.use, "db").result(timeout=30)[1]
+    deadline = time.monotonic() + 10
+    while str(first) not in [line[-1] for line in events(logfile, "teardown")]:
+        assert time.monotonic() < deadline, "the idle worker was not retired"
+        time.sleep(0.05)
+    assert pool.submit(rd.use, "db").result(timeout=30)[1] != first  # a new worker on demand
+
+
+def test_a_busy_worker_is_not_retired_by_idle_timeout(make_pool, logfile):
+    pool = make_pool(1, idle_timeout=0.5, resources=[rd.session_resource(logfile)])
+    pids = {pool.submit(tasks.pid_after, 0.2).result(timeout=30) for _ in range(5)}
+    assert len(pids) == 1  # never idle for 0.5 s in a row
+
+
+def test_task_functions_use_resources_of_their_executor(make_pool, logfile):
+    pool = make_pool(1, resources=[rd.session_resource(logfile)])
+    use = safepool.task(executor=pool)(rd.use)
+    assert use("db").result(timeout=30)[0] == "db"
