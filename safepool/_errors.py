@@ -226,7 +226,8 @@ class ResourceSetupError(Exception):
     queueing, so callers never hang on a resource that cannot come up.
 
     Attributes:
-        resource: the name of the resource whose setup failed.
+        resource: the name of the resource whose setup failed (``None`` when the
+            worker did not get ready within ``start_timeout``).
         pid: the worker where it failed.
         retry_in: seconds until safepool tries to start a worker again.
     """
@@ -238,8 +239,9 @@ class ResourceSetupError(Exception):
         self.pid = pid
         self.message = message
         self.retry_in = retry_in
+        what = f"resource {resource!r} failed to set up" if resource else "starting failed"
         super().__init__(
-            f"resource {resource!r} failed to set up in worker pid {pid}: {message}; "
+            f"{what} in worker pid {pid}: {message}; "
             f"safepool will try to start a worker again in {retry_in:.2g}s"
         )
 

@@ -90,6 +90,10 @@ class Executor(cf.Executor):
         setup_backoff_max: the longest delay, in seconds, between attempts to
             start a worker after a resource failed to set up (the delay starts
             at 0.1 s and doubles).
+        start_timeout: seconds a new worker may take to get ready (start the
+            interpreter, run the initializer, set up its resources). One that
+            takes longer is killed and counts as a failed resource setup
+            ([`ResourceSetupError`][safepool.ResourceSetupError], backoff).
         idle_timeout: retire a worker that has been idle this many seconds
             (its resources are torn down); a new one starts when work comes.
             ``None`` (the default) keeps idle workers.
@@ -115,6 +119,7 @@ class Executor(cf.Executor):
         resources: Iterable[Resource[Any]] = (),
         setup_backoff_max: float = 5.0,
         idle_timeout: float | None = None,
+        start_timeout: float = 60.0,
     ) -> None:
         workers = check_positive_int(max_workers, "max_workers") or _default_max_workers()
         context = resolve_context(mp_context)
@@ -144,6 +149,7 @@ class Executor(cf.Executor):
             resources=ordered,
             setup_backoff_max=backoff_max,
             idle_timeout=check_timeout(idle_timeout, "idle_timeout"),
+            start_timeout=check_timeout(start_timeout, "start_timeout") or 60.0,
         )
         # An executor dropped without shutdown() still releases its workers.
         weakref.finalize(self, self._pool.shutdown, False, False)

@@ -69,7 +69,7 @@ from safepool._worker import worker_main
 __all__ = ["Pool", "WorkItem"]
 
 STARTING, IDLE, BUSY, RETIRING, KILLING = "starting", "idle", "busy", "retiring", "killing"
-_TIMEOUT, _KILL, _EXIT_WAIT, _WAKE, _IDLE = 0, 1, 2, 3, 4
+_TIMEOUT, _KILL, _EXIT_WAIT, _WAKE, _IDLE, _START = 0, 1, 2, 3, 4, 5
 #: Workers that die before they are ready, in a row, before the pool gives up.
 _MAX_BOOT_FAILURES = 3
 
@@ -158,9 +158,11 @@ class Pool:
         resources: tuple[Resource[Any], ...] = (),
         setup_backoff_max: float = 5.0,
         idle_timeout: float | None = None,
+        start_timeout: float = 60.0,
     ) -> None:
         self.context = context
         self._idle_timeout = idle_timeout
+        self._start_timeout = start_timeout
         self._resources = resources
         self._backoff_max = setup_backoff_max
         self.max_workers = max_workers
@@ -439,6 +441,7 @@ class Pool:
         worker = _Worker(process, parent_conn)
         self._workers[worker.sentinel] = worker
         self._by_conn[parent_conn] = worker
+        self._push_deadline(time.monotonic() + self._start_timeout, _START, worker)
         return True
 
     # ----------------------------------------------------------------- replies
@@ -584,6 +587,8 @@ class Pool:
                 self._kill(a)
             elif kind == _IDLE and a.state == IDLE and a.tasks == b and a.sentinel in self._workers:
                 self._retire(a)
+            elif kind == _START and a.state == STARTING and a.sentinel in self._workers:
+                self._on_start_timeout(a)
             # _WAKE only ends the wait, so that _start_workers runs again.
 
     def _kill(self, worker: _Worker) -> None:
@@ -631,10 +636,24 @@ class Pool:
         _, exc_bytes, type_name, text, tb_text, name = message
         cause = _transport.decode_error(exc_bytes, type_name, text, tb_text, worker.pid)
         worker.state = RETIRING  # it exits by itself; not a boot crash
+        self._setup_failed(name, worker.pid, f"{type_name}: {text.strip()}", cause)
+
+    def _on_start_timeout(self, worker: _Worker) -> None:
+        """A worker never got ready (a hung initializer or resource setup): kill it, back off."""
+        self._kill(worker)
+        message = (
+            f"the worker did not finish starting within {self._start_timeout:g}s "
+            "(its initializer or a resource setup hung); it was killed"
+        )
+        self._setup_failed(None, worker.pid, message, None)
+
+    def _setup_failed(
+        self, name: str | None, pid: int, summary: str, cause: BaseException | None
+    ) -> None:
         self._backoff = min(max(0.1, self._backoff * 2), self._backoff_max)
         self._retry_at = time.monotonic() + self._backoff
         self._push_deadline(self._retry_at, _WAKE, None)
-        summary, retry_in, pid = f"{type_name}: {text}", self._backoff, worker.pid
+        retry_in = self._backoff
 
         def make() -> BaseException:
             error = ResourceSetupError(name, pid, summary, retry_in)

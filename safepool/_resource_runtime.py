@@ -21,6 +21,16 @@ _log = logging.getLogger("safepool")
 _values: dict[str, Any] = {}
 #: Why the current worker was poisoned during the current task, if it was.
 _poison: list[str] = []
+#: True in a worker process (set by the worker before anything else runs).
+_in_worker = False
+
+
+def enter_worker() -> None:
+    """Mark this process as a worker, dropping state a fork may have copied from the parent."""
+    global _in_worker
+    _in_worker = True
+    _poison.clear()
+    _values.clear()
 
 
 def resource(name: str) -> Any:
@@ -52,7 +62,8 @@ def poison_worker(reason: str = "poison_worker() was called") -> None:
     (a connection in an unknown state, a leaked lock). Outside a worker it does
     nothing.
     """
-    _poison.append(reason)
+    if _in_worker:
+        _poison.append(reason)
 
 
 class WorkerResources:

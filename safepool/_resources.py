@@ -65,9 +65,10 @@ class Resource(Generic[T]):
         depends_on: names of resources this one needs. They are set up first
             (a setup may call ``safepool.resource()`` for them) and torn down
             after it.
-        poison_on: exception types that, raised by a task or a hook, mean the
-            worker can no longer be trusted: it is recycled after that task.
-            The task's own result or exception is still delivered.
+        poison_on: exception types that, raised by a task, mean the worker can
+            no longer be trusted: it is recycled after that task. (A hook that
+            raises anything poisons the worker anyway.) The task's own result
+            or exception is still delivered.
 
     Functions must be importable by the worker (defined at module level)
     unless the executor uses ``fork``.

@@ -29,7 +29,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from safepool import _transport
-from safepool._resource_runtime import WorkerResources, take_poison
+from safepool._resource_runtime import WorkerResources, enter_worker, take_poison
 from safepool._resources import Outcome, Resource
 
 __all__ = ["run_chunk", "worker_main"]
@@ -93,6 +93,7 @@ def worker_main(
 ) -> None:
     """Entry point of a worker process (the ``target`` of its ``Process``)."""
     _quiet_signals()
+    enter_worker()
     _own_session()
     for fd in inherited_fds:  # fork only: the parent's end of the lifeline
         try:

@@ -105,3 +105,10 @@ def failing_hook(session, *_):
 @safepool.worker_resource("decorated", after=lambda value, outcome: None)
 def decorated():
     yield "from a decorated generator"
+
+
+def hanging_setup():
+    import time
+
+    while True:
+        time.sleep(60)

@@ -219,3 +219,20 @@ def test_task_functions_use_resources_of_their_executor(make_pool, logfile):
     pool = make_pool(1, resources=[rd.session_resource(logfile)])
     use = safepool.task(executor=pool)(rd.use)
     assert use("db").result(timeout=30)[0] == "db"
+
+
+def test_a_hanging_setup_is_bounded_by_start_timeout(make_pool):
+    hang = safepool.Resource("db", rd.hanging_setup)
+    pool = make_pool(1, resources=[hang], start_timeout=0.5)
+    with pytest.raises(safepool.ResourceSetupError, match=r"did not finish starting within 0\.5s"):
+        pool.submit(tasks.add, 1).result(timeout=30)
+    from tests.conftest import pool_processes, wait_gone
+
+    assert wait_gone(pool_processes(), timeout=5) == []  # the hung worker was killed
+
+
+def test_poison_worker_in_the_parent_does_nothing(logfile):
+    safepool.poison_worker("called in the parent by mistake")
+    with safepool.Executor(1, "fork") as pool:  # a fork worker would inherit any stray state
+        pids = {pool.submit(tasks.pid).result(timeout=30) for _ in range(3)}
+    assert len(pids) == 1
