@@ -2,7 +2,7 @@
 
 Each module imports its library only inside the worker, so importing the module
 works without the library installed; install the matching extra to use it
-(``pip install 'safepool[sqlalchemy]'`` and so on).
+(from a checkout: ``pip install -e '.[sqlalchemy]'`` and so on).
 
 - [`safepool.integrations.sqlalchemy`][]: one engine per worker, a fresh
   Session per task, rolled back and closed around it.
