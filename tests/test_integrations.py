@@ -218,3 +218,16 @@ def test_integrations_import_without_their_libraries(tmp_path):
                          timeout=60, env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "5"
+
+
+def test_a_wrong_database_url_fails_the_setup_not_a_later_task():
+    importorskip("sqlalchemy")
+    importorskip("psycopg2")
+    port = hazards.closed_loopback_port()  # nothing listens: connection refused
+    db = sp_sqlalchemy.database("db", f"postgresql+psycopg2://postgres@127.0.0.1:{port}/test")
+    with (
+        safepool.Executor(1, resources=[db]) as pool,
+        pytest.raises(safepool.ResourceSetupError, match="resource 'db'") as info,
+    ):
+        pool.submit(it.sql_scalar, "select 1").result(timeout=30)
+    assert type(info.value.__cause__).__name__ == "OperationalError"

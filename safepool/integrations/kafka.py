@@ -49,7 +49,7 @@ def producer(
     name: str,
     config: Mapping[str, Any],
     *,
-    flush_timeout: float = 10.0,
+    flush_timeout: float = 5.0,
     depends_on: Sequence[str] = (),
     poison_on: Sequence[type[BaseException]] = (),
 ) -> Resource[Any]:
@@ -57,7 +57,8 @@ def producer(
 
     Args:
         config: the librdkafka configuration.
-        flush_timeout: how long the teardown waits for queued messages.
+        flush_timeout: how long the teardown waits for queued messages; keep it
+            below the executor's ``exit_timeout`` (10 s by default).
     """
     return Resource(
         name, partial(_setup, dict(config)),

@@ -12,10 +12,12 @@ def count_users():
 with safepool.Executor(4, resources=[db]) as pool: ...
 ```
 
-The engine is created in each worker (never inherited from the parent) and
-disposed when the worker exits on purpose. Before and after every task the
-Session is rolled back and closed, so a task that failed mid-transaction
-leaves nothing behind for the next one (no ``PendingRollbackError``).
+The engine is created in each worker (never inherited from the parent),
+connected once during setup so that a wrong URL fails as a
+``ResourceSetupError``, and disposed when the worker exits on purpose.
+Before and after every task the Session is rolled back and closed, so a
+task that failed mid-transaction leaves nothing behind for the next one (no
+``PendingRollbackError``).
 """
 
 from __future__ import annotations
@@ -63,6 +65,12 @@ def _setup(
 
     options = {"pool_size": 1, "max_overflow": 0, "pool_pre_ping": True, **engine_kwargs}
     engine = create_engine(url, **options)
+    try:
+        with engine.connect():  # create_engine alone does not connect: check the URL now
+            pass
+    except BaseException:
+        engine.dispose()
+        raise
     return Database(engine, sessionmaker(engine, **session_kwargs))
 
 
