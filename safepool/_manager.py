@@ -86,7 +86,10 @@ class WorkItem:
 
 
 class _Worker:
-    __slots__ = ("conn", "conn_open", "item", "pid", "process", "sentinel", "state", "tasks")
+    __slots__ = (
+        "conn", "conn_open", "idle_armed", "idle_since", "item", "pid", "process", "sentinel",
+        "state", "tasks",
+    )
 
     def __init__(self, process: BaseProcess, conn: Connection) -> None:
         self.process = process
@@ -96,6 +99,8 @@ class _Worker:
         self.state = STARTING
         self.item: WorkItem | None = None
         self.tasks = 0
+        self.idle_since = 0.0
+        self.idle_armed = False  # an _IDLE deadline for it is in the heap
         self.sentinel: int = _open_sentinel(process)
 
 
@@ -511,9 +516,10 @@ class Pool:
         worker.state = IDLE
         self._idle.append(worker)
         if self._idle_timeout is not None:
-            # Retire it if it is still idle, with the same task count, when this fires.
-            when = time.monotonic() + self._idle_timeout
-            self._push_deadline(when, _IDLE, worker, worker.tasks)
+            worker.idle_since = time.monotonic()
+            if not worker.idle_armed:  # at most one _IDLE deadline per worker in the heap
+                worker.idle_armed = True
+                self._push_deadline(worker.idle_since + self._idle_timeout, _IDLE, worker)
 
     def _retire(self, worker: _Worker) -> None:
         """Ask a worker to exit cleanly (teardown runs); kill it if it takes too long."""
@@ -585,11 +591,24 @@ class Pool:
                 a.signal(signal.SIGKILL)
             elif kind == _EXIT_WAIT and a.sentinel in self._workers and a.state == RETIRING:
                 self._kill(a)
-            elif kind == _IDLE and a.state == IDLE and a.tasks == b and a.sentinel in self._workers:
-                self._retire(a)
+            elif kind == _IDLE:
+                self._check_idle(a, now)
             elif kind == _START and a.state == STARTING and a.sentinel in self._workers:
                 self._on_start_timeout(a)
             # _WAKE only ends the wait, so that _start_workers runs again.
+
+    def _check_idle(self, worker: _Worker, now: float) -> None:
+        """Retire a worker idle for idle_timeout; re-arm if it worked since and is idle again."""
+        worker.idle_armed = False
+        if worker.state != IDLE or worker.sentinel not in self._workers:
+            return  # busy or gone: going idle again arms a new deadline
+        assert self._idle_timeout is not None
+        due = worker.idle_since + self._idle_timeout
+        if due <= now:
+            self._retire(worker)
+        else:
+            worker.idle_armed = True
+            self._push_deadline(due, _IDLE, worker)
 
     def _kill(self, worker: _Worker) -> None:
         """Stop a worker and its process tree: SIGTERM now, SIGKILL after the grace period."""
