@@ -53,7 +53,6 @@ from safepool._context import THREAD_PREFIX, keep_global_start_method_unset
 from safepool._errors import (
     InitializerError,
     PicklingError,
-    RemoteTraceback,
     ResourceSetupError,
     TaskStoppedError,
     TaskTimeoutError,
@@ -681,13 +680,7 @@ class Pool:
 
         self._setup_error = make
         if not any(w.state in (IDLE, BUSY) for w in self._workers.values()):
-            with self._lock:
-                items = self._take_pending()
-            items += list(self._retry)
-            self._retry.clear()
-            for item in items:
-                if item.future.start():
-                    _set_exception(item.future, make())
+            self._fail_waiting(make)
 
     def _break(
         self, make_error: Callable[[], BaseException], cause: BaseException | None = None
@@ -703,23 +696,29 @@ class Pool:
             if self._broken is None:
                 self._broken = make
             self._shutdown = True
+        self._fail_waiting(make)
+
+    def _fail_waiting(self, make_error: Callable[[], BaseException]) -> None:
+        """Fail every task that has not started (queued, or waiting to be re-sent)."""
+        with self._lock:
             items = self._take_pending()
-        items += list(self._retry)
+        items += self._retry
         self._retry.clear()
         for item in items:
-            _set_exception(item.future, make())
+            _set_exception(item.future, make_error())
 
     def _fail_everything(self, exc: BaseException) -> None:  # pragma: no cover - defensive
+        def make() -> BaseException:
+            error = RuntimeError(f"safepool's manager thread failed: {exc!r}")
+            error.__cause__ = exc
+            return error
+
         with self._lock:
             self._shutdown = True
-            items = self._take_pending()
-        items += list(self._retry)
-        items += [w.item for w in self._workers.values() if w.item is not None]
-        for item in items:
-            error = RuntimeError(f"safepool's manager thread failed: {exc!r}")
-            error.__cause__ = RemoteTraceback(repr(exc))
-            _set_exception(item.future, error)
+        self._fail_waiting(make)
         for worker in list(self._workers.values()):
+            if worker.item is not None:
+                _set_exception(worker.item.future, make())
             ProcessTree(worker.pid).signal(signal.SIGKILL)
 
     def _close(self) -> None:
