@@ -23,8 +23,10 @@ from safepool._errors import (
     WorkerCrashedError,
 )
 from safepool._executor import Executor, ExecutorView
+from safepool._progress import progress
 from safepool._resource_runtime import poison_worker, resource
 from safepool._resources import Outcome, Resource, worker_resource
+from safepool._stats import Stats, WorkerStats
 from safepool._task import TaskFunction, default_executor, task
 
 #: The stdlib's name for the same class, for drop-in use.
@@ -35,7 +37,7 @@ __version__ = "0.1.0.dev0"
 # Show the public names in tracebacks and reprs (safepool.TaskTimeoutError, ...).
 for _cls in (ForkWarning, InitializerError, PicklingError, RemoteError, RemoteTraceback,
              ResourceSetupError, TaskStoppedError, TaskTimeoutError, WorkerCrashedError,
-             Executor, ExecutorView, TaskFunction, Resource, Outcome):
+             Executor, ExecutorView, TaskFunction, Resource, Outcome, Stats, WorkerStats):
     _cls.__module__ = "safepool"
 del _cls
 
@@ -51,13 +53,16 @@ __all__ = [
     "RemoteTraceback",
     "Resource",
     "ResourceSetupError",
+    "Stats",
     "TaskFunction",
     "TaskStoppedError",
     "TaskTimeoutError",
     "WorkerCrashedError",
+    "WorkerStats",
     "__version__",
     "default_executor",
     "poison_worker",
+    "progress",
     "resource",
     "task",
     "worker_resource",

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import multiprocessing
 import sys
-import threading
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.context import BaseContext
-
-from safepool._errors import ForkWarning
 
 __all__ = [
     "default_start_method",
@@ -64,23 +60,11 @@ def resolve_context(mp_context: BaseContext | str | None) -> BaseContext:
 
 
 def warn_if_fork_unsafe(context: BaseContext, stacklevel: int) -> None:
-    """Warn when workers will be forked from a parent that has other threads alive."""
-    if context.get_start_method() != "fork":
-        return
-    others = [
-        t.name
-        for t in threading.enumerate()
-        if t is not threading.current_thread() and not t.name.startswith(THREAD_PREFIX)
-    ]
-    if others:
-        warnings.warn(
-            f"safepool will start workers with 'fork' while {len(others)} other thread(s) are "
-            f"alive ({', '.join(sorted(others))}); a lock one of them holds at fork time stays "
-            "locked in the worker for ever (logging, stdout, DB drivers). Use the default "
-            "start method (forkserver/spawn) unless you need fork.",
-            ForkWarning,
-            stacklevel=stacklevel + 1,
-        )
+    """Kept for old imports: the fork guard lives in ``safepool._forkguard``."""
+    # Imported here: _forkguard imports THREAD_PREFIX from this module.
+    from safepool._forkguard import warn_if_fork_unsafe as guard
+
+    guard(context, stacklevel + 1)
 
 
 @contextmanager

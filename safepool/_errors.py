@@ -155,41 +155,77 @@ class RemoteTraceback(PebbleRemoteTraceback, _StdlibRemoteTraceback):
 class RemoteError(Exception):
     """A child exception that could not be sent to the parent as itself.
 
-    It could not be pickled in the worker, or could not be rebuilt in the
-    parent (for instance an ``__init__`` with required arguments). safepool
-    keeps what it can: the type name, the message and the traceback text.
+    It could not be pickled in the worker (an attribute holding a lock or a
+    connection, say), or could not be rebuilt from its pickle (for instance an
+    ``__init__`` with required arguments). safepool keeps what it can: the type
+    name, the message, the traceback text, and why it could not be sent, which
+    ``str()`` shows after the original message:
+
+    ```text
+    app.QueryFailed: locked out (safepool could not send the exception itself:
+    cannot pickle exception.lock (type _thread.lock): cannot pickle
+    '_thread.lock' object)
+    ```
 
     Attributes:
         type_name: the qualified name of the original exception type.
         message: ``str()`` of the original exception.
         traceback: the child traceback text.
         pid: the worker pid.
+        pickling_error: why the exception could not be sent as itself: the path
+            to what could not be pickled (``cannot pickle exception.args[0]._lock
+            (type _thread.lock): ...``) or ``it could not be rebuilt: TypeError:
+            ...``; ``None`` if unknown.
     """
 
     def __init__(
-        self, type_name: str, message: str, traceback: str = "", pid: int | None = None
+        self,
+        type_name: str,
+        message: str,
+        traceback: str = "",
+        pid: int | None = None,
+        pickling_error: str | None = None,
     ) -> None:
         self.type_name = type_name
         self.message = message
         self.traceback = traceback
         self.pid = pid
-        super().__init__(f"{type_name}: {message}")
+        self.pickling_error = pickling_error
+        text = f"{type_name}: {message}"
+        if pickling_error:
+            text += f" (safepool could not send the exception itself: {pickling_error})"
+        super().__init__(text)
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.type_name, self.message, self.traceback, self.pid))
+        return (
+            type(self),
+            (self.type_name, self.message, self.traceback, self.pid, self.pickling_error),
+        )
 
 
 class PicklingError(pickle.PicklingError, TypeError):
     """Something that must cross to or from a worker process cannot be pickled.
 
     Raised by ``submit``/``map`` at the call site for an unpicklable function or
-    argument, and set on the future for an unpicklable result. Subclasses both
+    argument, by ``Executor()`` for unpicklable ``initargs`` (except with
+    ``fork``), and set on the future for an unpicklable result. Subclasses both
     `pickle.PicklingError` and `TypeError` (what the stdlib raises).
 
+    The message names the path to the innermost object that cannot be pickled,
+    its type, pickle's own reason and what to do, e.g.
+    ``cannot pickle args[0].engine.pool._creator_arg (type function): Can't
+    pickle local object 'create_engine.<locals>.connect'. args[0].engine is a
+    sqlalchemy.engine.base.Engine: ... declare it as a worker resource ...``.
+
     Attributes:
-        what: which object could not be pickled, e.g. ``"args[1]"``,
-            ``"kwargs['conn']"``, ``"the function"`` or ``"the result"``.
-        type_name: the type of that object.
+        what: the path to the object that could not be pickled, rooted at
+            ``fn``, ``args[i]``, ``kwargs['name']``, ``initargs[i]`` or
+            ``result``: e.g. ``"args[1]"``, ``"kwargs['conn']"``,
+            ``"args[0].engine.pool._creator_arg"``, ``"fn.__self__.lock"``,
+            ``"result.conn"``.
+        type_name: the qualified type of that object, e.g. ``"_thread.lock"``.
+        reason: the error pickling it raised.
+        hint: what to do about it.
     """
 
     def __init__(self, what: str, type_name: str, reason: str, hint: str = "") -> None:
@@ -250,5 +286,12 @@ class ResourceSetupError(Exception):
 
 
 class ForkWarning(RuntimeWarning):
-    """Warns that workers will be started with ``fork`` while other threads are alive."""
+    """Warns, at ``Executor(mp_context="fork")``, about what in the parent will not survive fork.
+
+    Given for live threads (named; a lock one of them holds stays locked in the
+    worker) and for well-known fork-unsafe objects alive in the parent:
+    SQLAlchemy engines with pooled connections, psycopg2 and psycopg
+    connections and pools, confluent-kafka clients and paho-mqtt clients with a
+    running loop thread. Each warning names the objects and the fix.
+    """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import itertools
+import logging
 import os
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -13,11 +14,14 @@ from multiprocessing.process import BaseProcess
 from types import EllipsisType, TracebackType
 from typing import Any, TypeVar
 
-from safepool._context import resolve_context, warn_if_fork_unsafe
+from safepool._context import resolve_context
+from safepool._forkguard import warn_if_fork_unsafe
 from safepool._future import SafeFuture
 from safepool._manager import Pool, WorkItem
+from safepool._progress import ProgressBar
 from safepool._resources import Resource, order_resources
-from safepool._transport import dumps_call
+from safepool._stats import Stats
+from safepool._transport import check_initargs, dumps_call
 from safepool._validate import check_callable, check_positive_int, check_timeout
 from safepool._worker import run_chunk
 
@@ -43,6 +47,48 @@ def _chunks(
 def _flatten(results: Iterator[list[T]]) -> Iterator[T]:
     for chunk in results:
         yield from chunk
+
+
+def _label(fn: Callable[..., Any]) -> str:
+    """``module.qualname`` of what a future runs, for messages about it."""
+    if isinstance(fn, partial) and fn.func is run_chunk and fn.args:
+        return f"a map() chunk of {_label(fn.args[0])}"
+    module = getattr(fn, "__module__", None)
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{module}.{name}()" if module else f"{name}()"
+
+
+def _log_target(worker_logs: Any) -> bool | logging.Logger:
+    if isinstance(worker_logs, (bool, logging.Logger)):
+        return worker_logs
+    if isinstance(worker_logs, str) and worker_logs:
+        return logging.getLogger(worker_logs)
+    raise TypeError(
+        "worker_logs must be True, False, a logger name or a logging.Logger, "
+        f"not {type(worker_logs).__name__} {worker_logs!r:.60}"
+    )
+
+
+class _ProgressView(cf.Executor):
+    """Submits through an executor and counts each future on a progress bar when it finishes."""
+
+    def __init__(self, target: cf.Executor, bar: ProgressBar, chunked: bool) -> None:
+        self._target = target
+        self._bar = bar
+        self._chunked = chunked
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> cf.Future[T]:
+        future = self._target.submit(fn, *args, **kwargs)
+        weight = len(args[0]) if self._chunked else 1
+        future.add_done_callback(partial(self._bar.on_done, n=weight))
+        return future
+
+
+def _with_bar(results: Iterator[T], bar: ProgressBar) -> Iterator[T]:
+    try:
+        yield from results
+    finally:
+        bar.close()
 
 
 def _timeout_of(fn: Callable[..., Any]) -> float | None:
@@ -97,11 +143,24 @@ class Executor(cf.Executor):
         idle_timeout: retire a worker that has been idle this many seconds
             (its resources are torn down); a new one starts when work comes.
             ``None`` (the default) keeps idle workers.
+        worker_logs: where records logged in workers go. ``True`` (the
+            default): to the parent's logger of the same name, so the parent's
+            levels, filters and handlers apply. A logger or a logger name: all
+            to that logger (``record.name`` keeps the worker's logger name).
+            ``False``: no bridge; workers log as the start method leaves them.
+        log_unretrieved: log (on the ``safepool`` logger, with the child
+            traceback) the exception of a failed future nobody retrieved with
+            ``result()`` or ``exception()``, when the future is garbage-collected
+            or at interpreter exit.
 
     Raises:
         ValueError: ``max_workers`` < 1, an unknown start method, a
             non-positive timeout or limit.
         TypeError: arguments of the wrong type, a non-callable initializer.
+        safepool.PicklingError: (not with ``fork``) the initializer or something
+            in ``initargs`` cannot be sent to a worker; the message names the path
+            to it, e.g. ``initargs[0].conn``. multiprocessing Queues and Locks,
+            which cross as the worker starts, are accepted.
     """
 
     def __init__(
@@ -120,6 +179,8 @@ class Executor(cf.Executor):
         setup_backoff_max: float = 5.0,
         idle_timeout: float | None = None,
         start_timeout: float = 60.0,
+        worker_logs: bool | str | logging.Logger = True,
+        log_unretrieved: bool = True,
     ) -> None:
         workers = check_positive_int(max_workers, "max_workers") or _default_max_workers()
         context = resolve_context(mp_context)
@@ -129,9 +190,11 @@ class Executor(cf.Executor):
             raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
         if initializer is not None and context.get_start_method() != "fork":
             # Fail here for a lambda or nested function, not in every worker.
-            # initargs are not checked: some (a multiprocessing Queue) may only
-            # cross when the process starts; a bad one breaks the executor then.
             dumps_call(initializer, (), {})
+        if initargs and context.get_start_method() != "fork":
+            # Likewise for initargs, except multiprocessing objects that may only
+            # cross when the process starts (a multiprocessing Queue or Lock).
+            check_initargs(initargs)
         self._timeout = check_timeout(timeout)
         grace = check_timeout(kill_grace, "kill_grace") if kill_grace != 0 else 0.0
         ordered = order_resources(resources, check_pickling=context.get_start_method() != "fork")
@@ -150,7 +213,9 @@ class Executor(cf.Executor):
             setup_backoff_max=backoff_max,
             idle_timeout=check_timeout(idle_timeout, "idle_timeout"),
             start_timeout=check_timeout(start_timeout, "start_timeout") or 60.0,
+            worker_logs=_log_target(worker_logs),
         )
+        self._log_unretrieved = bool(log_unretrieved)
         # An executor dropped without shutdown() still releases its workers.
         weakref.finalize(self, self._pool.shutdown, False, False)
 
@@ -160,6 +225,14 @@ class Executor(cf.Executor):
     def max_workers(self) -> int:
         """The most worker processes this executor runs at once."""
         return self._pool.max_workers
+
+    def stats(self) -> Stats:
+        """A snapshot of the workers and of the task totals since the executor was made.
+
+        Cheap enough to call often (a few microseconds plus one ``/proc`` read
+        per worker for its memory); safe from any thread.
+        """
+        return self._pool.stats()
 
     @property
     def start_method(self) -> str:
@@ -201,6 +274,7 @@ class Executor(cf.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        progress: bool | str = False,
     ) -> Iterator[T]:
         """Like `map`(), run in the workers: an iterator of results, in order.
 
@@ -209,8 +283,12 @@ class Executor(cf.Executor):
         A task's exception is raised when its result is reached.
         ``chunksize`` sends that many calls to a worker in one go; a per-task
         timeout then applies to each chunk.
+
+        ``progress=True`` (or a label) shows a progress bar that counts tasks
+        as they finish: tqdm's if tqdm is installed, else a plain line on
+        stderr.
         """
-        return self._map(fn, iterables, timeout, chunksize, _UNSET)
+        return self._map(fn, iterables, timeout, chunksize, _UNSET, progress)
 
     def options(self, *, timeout: float | EllipsisType | None = ...) -> ExecutorView:
         """A view of this executor whose ``submit``/``map`` use these per-call options.
@@ -279,6 +357,9 @@ class Executor(cf.Executor):
                 timeout = self._timeout
         payload = dumps_call(fn, args, kwargs)
         future: SafeFuture[T] = SafeFuture()
+        if self._log_unretrieved:
+            future._report_unretrieved = True
+            future._label = _label(fn)
         self._pool.submit(WorkItem(future, payload, timeout))
         return future
 
@@ -289,19 +370,35 @@ class Executor(cf.Executor):
         timeout: float | None,
         chunksize: int,
         task_timeout: Any,
+        progress: bool | str = False,
     ) -> Iterator[T]:
         check_callable(fn)
         check_positive_int(chunksize, "chunksize", allow_none=False)
         check_timeout(timeout)
+        if not isinstance(progress, (bool, str)):
+            raise TypeError(f"progress must be a bool or a label, not {type(progress).__name__}")
         if task_timeout is _UNSET and _timeout_of(fn) is not None:
             task_timeout = _timeout_of(fn)
-        view = self if task_timeout is _UNSET else ExecutorView(self, task_timeout)
-        if chunksize == 1:
-            return cf.Executor.map(view, fn, *iterables, timeout=timeout)
-        results = cf.Executor.map(
-            view, partial(run_chunk, fn), _chunks(iterables, chunksize), timeout=timeout
-        )
-        return _flatten(results)
+        view: cf.Executor = self if task_timeout is _UNSET else ExecutorView(self, task_timeout)
+        bar = None
+        if progress is not False:
+            calls = list(zip(*iterables, strict=False))  # map takes them all at once anyway
+            iterables = tuple(map(list, zip(*calls, strict=True))) if calls else ()
+            label = progress if isinstance(progress, str) else getattr(fn, "__name__", None)
+            bar = ProgressBar(len(calls), label)
+            view = _ProgressView(view, bar, chunked=chunksize > 1)
+        try:
+            if chunksize == 1:
+                results: Iterator[Any] = cf.Executor.map(view, fn, *iterables, timeout=timeout)
+            else:
+                results = _flatten(cf.Executor.map(
+                    view, partial(run_chunk, fn), _chunks(iterables, chunksize), timeout=timeout
+                ))
+        except BaseException:
+            if bar is not None:
+                bar.close()
+            raise
+        return results if bar is None else _with_bar(results, bar)
 
 
 class ExecutorView(cf.Executor):
@@ -327,9 +424,12 @@ class ExecutorView(cf.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        progress: bool | str = False,
     ) -> Iterator[T]:
         """Like [`map()`][safepool.Executor.map], with this view's options."""
-        return self._executor._map(fn, iterables, timeout, chunksize, self._task_timeout)
+        return self._executor._map(
+            fn, iterables, timeout, chunksize, self._task_timeout, progress
+        )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Does nothing: a view does not own the workers."""

@@ -1,30 +1,57 @@
-"""The future safepool returns: a ``concurrent.futures.Future`` with two refinements.
+"""The future safepool returns: a ``concurrent.futures.Future`` with three refinements.
 
 * Ctrl-C while waiting on it (``result()``/``exception()``) stops its
   executor: pending futures are cancelled, running tasks stopped and the
   workers ended, and the KeyboardInterrupt then reaches the caller.
 * ``cancel()`` of a pending future notifies ``wait``/``as_completed`` at once,
   not only when the executor gets round to dropping it.
+* A failed future whose exception nobody retrieved (with ``result()`` or
+  ``exception()``) logs the error, with the child traceback, on the
+  ``safepool`` logger when it is garbage-collected, or at interpreter exit if
+  it is still alive then, like asyncio's "exception was never retrieved".
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import weakref
 from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from safepool._errors import TaskStoppedError
 
 if TYPE_CHECKING:
     from safepool._manager import Pool
 
-__all__ = ["SafeFuture"]
+__all__ = ["SafeFuture", "report_unretrieved"]
 
 T = TypeVar("T")
+
+_log = logging.getLogger("safepool")
+#: Failed futures that must report an unretrieved exception, while they are alive.
+_unretrieved: weakref.WeakSet[SafeFuture[Any]] = weakref.WeakSet()
+_unretrieved_lock = threading.Lock()
+
+
+def report_unretrieved() -> None:
+    """Log every live failed future whose exception was never retrieved (at interpreter exit)."""
+    with _unretrieved_lock:
+        futures = list(_unretrieved)
+    for future in futures:
+        future._report()
 
 
 class SafeFuture(Future[T]):
     """The future of a task submitted to a [`safepool.Executor`][safepool.Executor]."""
 
     _safepool: Pool | None = None
+    #: What ran, for the unretrieved-exception report, e.g. ``"app.jobs.fetch"``.
+    _label = "task"
+    #: Whether an exception nobody retrieves is logged (``Executor(log_unretrieved=)``).
+    _report_unretrieved = False
+    _retrieved = False
 
     def result(self, timeout: float | None = None) -> T:
         try:
@@ -32,6 +59,8 @@ class SafeFuture(Future[T]):
         except KeyboardInterrupt as exc:
             self._interrupted(exc)
             raise
+        finally:
+            self._mark_retrieved()
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         try:
@@ -39,6 +68,42 @@ class SafeFuture(Future[T]):
         except KeyboardInterrupt as exc:
             self._interrupted(exc)
             raise
+        finally:
+            self._mark_retrieved()
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        super().set_exception(exception)
+        if self._report_unretrieved and not self._retrieved:
+            with _unretrieved_lock:
+                _unretrieved.add(self)
+
+    def _mark_retrieved(self) -> None:
+        if not self._retrieved and self.done():
+            self._retrieved = True
+            if self._report_unretrieved:
+                with _unretrieved_lock:
+                    _unretrieved.discard(self)
+
+    def _report(self) -> None:
+        """Log this future's exception if it failed and nobody retrieved it; only once."""
+        if self._retrieved or not self._report_unretrieved:
+            return
+        self._retrieved = True
+        exc = self._exception
+        if exc is None or self.cancelled() or isinstance(exc, TaskStoppedError):
+            return  # stopping a task (kill_workers(), Ctrl-C) is the caller's own doing
+        try:
+            _log.error(
+                "exception in %s was never retrieved (future.result() or future.exception() "
+                "was never called): %s: %s", self._label, type(exc).__name__, exc,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
+        except Exception:  # pragma: no cover - logging torn down at interpreter exit
+            pass
+
+    def __del__(self) -> None:
+        if self._report_unretrieved and not self._retrieved:
+            self._report()
 
     def _interrupted(self, exc: KeyboardInterrupt) -> None:
         if exc is self._exception:  # the task itself raised it: that is its outcome

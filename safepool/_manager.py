@@ -20,6 +20,10 @@ Data flow::
                                  SIGTERM the worker's process tree, SIGKILL
                                  it after a grace period, without blocking
   parent dies (even SIGKILL) ── lifeline pipe EOF ──────────────────────────> worker kills its tree
+                               (LOG, record) <──pipe── any worker thread logs
+                                 -> thread "safepool-logs" runs the parent's
+                                    handlers; a task that logged has its future
+                                    resolved there too, after its records
 
 Only the manager thread touches workers and their pipes; callers only append
 to ``pending`` under a lock and write one byte to the wake pipe. Dispatch goes
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import os
 import pickle
 import signal
@@ -48,6 +53,8 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+import psutil
+
 from safepool import _transport
 from safepool._context import THREAD_PREFIX, keep_global_start_method_unset
 from safepool._errors import (
@@ -59,10 +66,12 @@ from safepool._errors import (
     WorkerCrashedError,
     describe_exitcode,
 )
-from safepool._future import SafeFuture
+from safepool._future import SafeFuture, report_unretrieved
+from safepool._logbridge import LogDispatcher, bridge_config
 from safepool._pebble import start_process
 from safepool._proctree import ProcessTree
 from safepool._resources import Resource
+from safepool._stats import Counters, Stats, WorkerStats, rss_of, uptime_since
 from safepool._worker import worker_main
 
 __all__ = ["Pool", "WorkItem"]
@@ -71,6 +80,8 @@ STARTING, IDLE, BUSY, RETIRING, KILLING = "starting", "idle", "busy", "retiring"
 _TIMEOUT, _KILL, _EXIT_WAIT, _WAKE, _IDLE, _START = 0, 1, 2, 3, 4, 5
 #: Workers that die before they are ready, in a row, before the pool gives up.
 _MAX_BOOT_FAILURES = 3
+#: How long the end of a pool waits for the parent's log handlers to catch up.
+_LOG_DRAIN_TIMEOUT = 10.0
 
 
 class WorkItem:
@@ -86,8 +97,8 @@ class WorkItem:
 
 class _Worker:
     __slots__ = (
-        "conn", "conn_open", "idle_armed", "idle_since", "item", "pid", "process", "sentinel",
-        "state", "tasks",
+        "conn", "conn_open", "idle_armed", "idle_since", "item", "logged", "pid", "planned",
+        "process", "ps", "ready", "sentinel", "started", "state", "tasks",
     )
 
     def __init__(self, process: BaseProcess, conn: Connection) -> None:
@@ -100,6 +111,11 @@ class _Worker:
         self.tasks = 0
         self.idle_since = 0.0
         self.idle_armed = False  # an _IDLE deadline for it is in the heap
+        self.logged = False  # its current task sent log records
+        self.ready = False  # it got ready (reached IDLE) at least once
+        self.planned = False  # the parent asked it to exit, or is killing it
+        self.started = time.monotonic()
+        self.ps: Any = None  # psutil.Process, made on the first stats() call
         self.sentinel: int = _open_sentinel(process)
 
 
@@ -163,8 +179,12 @@ class Pool:
         setup_backoff_max: float = 5.0,
         idle_timeout: float | None = None,
         start_timeout: float = 60.0,
+        worker_logs: bool | logging.Logger = True,
     ) -> None:
         self.context = context
+        self._log_target = worker_logs if isinstance(worker_logs, logging.Logger) else None
+        self._logs = LogDispatcher(self._log_target) if worker_logs is not False else None
+        self.counters = Counters()
         self._idle_timeout = idle_timeout
         self._start_timeout = start_timeout
         self._resources = resources
@@ -224,8 +244,10 @@ class Pool:
             if _interpreter_exiting:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             item.future._safepool = self
+            self.counters.submitted += 1
             if self._failing_fast():
                 assert self._setup_error is not None
+                self.counters.failed += 1
                 item.future.set_exception(self._setup_error())
                 return
             self._pending.append(item)
@@ -241,6 +263,7 @@ class Pool:
         with self._lock:
             self._shutdown = True
             cancelled = self._take_pending() if cancel_futures else []
+            self.counters.cancelled += len(cancelled)
         for item in cancelled:
             item.future.cancel()
         self._finish(wait)
@@ -253,6 +276,7 @@ class Pool:
                 self._stop_reason = reason
                 self._kill_grace = min(self._kill_grace, grace)
             cancelled = self._take_pending()
+            self.counters.cancelled += len(cancelled)
         for item in cancelled:
             item.future.cancel()
         self._finish(wait)
@@ -280,6 +304,22 @@ class Pool:
     def processes(self) -> dict[int, BaseProcess]:
         """A snapshot of the live worker processes, by pid."""
         return {w.pid: w.process for w in list(self._workers.values())}
+
+    def stats(self) -> Stats:
+        """A snapshot of the workers and the totals (see [`Stats`][safepool.Stats])."""
+        workers = list(self._workers.values())
+        rows = []
+        running = 0
+        for w in workers:
+            if w.ps is None:
+                try:
+                    w.ps = psutil.Process(w.pid)
+                except psutil.Error:
+                    pass
+            rows.append(WorkerStats(w.pid, w.state, w.tasks, rss_of(w.ps), uptime_since(w.started)))
+            running += w.item is not None
+        queued = len(self._pending) + len(self._retry)
+        return Stats.of(self.counters, tuple(rows), queued, running)
 
     @property
     def is_shutdown(self) -> bool:
@@ -385,6 +425,7 @@ class Pool:
                 item = self._pending.popleft()
             if item.future.start():  # a cancelled pending task never starts
                 return item
+            self.counters.cancelled += 1
 
     def _dispatch(self) -> None:
         while self._idle:
@@ -401,6 +442,7 @@ class Pool:
                 continue
             worker.state = BUSY
             worker.item = item
+            worker.logged = False
             if item.timeout is not None:
                 self._push_deadline(time.monotonic() + item.timeout, _TIMEOUT, worker, item)
 
@@ -428,12 +470,13 @@ class Pool:
                          parent_conn.fileno()]
         try:
             _block_sigint_for_children(self.context)
+            log_config = bridge_config(self._log_target) if self._logs is not None else None
             with keep_global_start_method_unset():
                 process = start_process(
                     self.context, "safepool-worker", worker_main,
                     child_conn, self._lifeline_r, inherited,
                     self._initializer, self._initargs, self._max_memory is not None,
-                    self._resources,
+                    self._resources, log_config,
                 )
         except Exception as exc:
             parent_conn.close()
@@ -467,6 +510,11 @@ class Pool:
             self._on_undecodable_reply(worker, exc)
             return
         kind = message[0]
+        if kind == _transport.LOG:
+            if self._logs is not None:
+                self._logs.record(message[1])
+                worker.logged = worker.item is not None
+            return
         if worker.state == STARTING:
             if kind == _transport.READY:
                 self._boot_failures = 0
@@ -482,21 +530,38 @@ class Pool:
         if item is None:  # stopped or timed out already, or a late READY
             return
         if kind == _transport.OK:
-            _set_result(item.future, message[1])
+            self.counters.completed += 1
+            self._resolve(worker, _set_result, item.future, message[1])
         else:
             _, exc_bytes, type_name, text, tb_text, _rss = message
             error = _transport.decode_error(exc_bytes, type_name, text, tb_text, worker.pid)
-            _set_exception(item.future, error)
+            self.counters.failed += 1
+            self._resolve(worker, _set_exception, item.future, error)
         self._after_task(worker, message[-1])
+
+    def _resolve(
+        self,
+        worker: _Worker,
+        setter: Callable[[SafeFuture[Any], Any], None],
+        future: SafeFuture[Any],
+        value: Any,
+    ) -> None:
+        """Resolve a task's future; after its log records are handled if it logged any."""
+        if worker.logged and self._logs is not None:
+            worker.logged = False
+            self._logs.call(lambda: setter(future, value))
+        else:
+            setter(future, value)
 
     def _on_undecodable_reply(self, worker: _Worker, exc: Exception) -> None:
         item, worker.item = worker.item, None
         if item is not None:
             error = PicklingError(
-                "the result", "unknown", f"it could not be unpickled in the parent: {exc}"
+                "result", "unknown", f"it could not be unpickled in the parent: {exc}"
             )
             error.__cause__ = exc
-            _set_exception(item.future, error)
+            self.counters.failed += 1
+            self._resolve(worker, _set_exception, item.future, error)
             self._after_task(worker, (0, None))
 
     def _after_task(self, worker: _Worker, trailer: tuple[int, str | None]) -> None:
@@ -507,12 +572,16 @@ class Pool:
         too_many = self._max_tasks is not None and worker.tasks >= self._max_tasks
         too_big = self._max_memory is not None and rss > self._max_memory
         if too_many or too_big or poison is not None or self._shutdown:
+            if not self._shutdown:
+                reason = "poisoned" if poison is not None else "memory" if too_big else "count"
+                self.counters.recycled[reason] += 1
             self._retire(worker)
         else:
             self._make_idle(worker)
 
     def _make_idle(self, worker: _Worker) -> None:
         worker.state = IDLE
+        worker.ready = True
         self._idle.append(worker)
         if self._idle_timeout is not None:
             worker.idle_since = time.monotonic()
@@ -525,6 +594,7 @@ class Pool:
         if worker in self._idle:
             self._idle.remove(worker)
         worker.state = RETIRING
+        worker.planned = True
         try:
             worker.conn.send_bytes(_transport.EXIT)
         except OSError:
@@ -545,9 +615,13 @@ class Pool:
             self._receive(worker)
         worker.process.join(1.0)
         exitcode = worker.process.exitcode
+        if worker.ready and not worker.planned and not self._shutdown:
+            self.counters.recycled["crash"] += 1
         item, worker.item = worker.item, None
         if item is not None:
-            _set_exception(item.future, WorkerCrashedError(worker.pid, exitcode))
+            self.counters.crashed += 1
+            self._resolve(worker, _set_exception, item.future,
+                          WorkerCrashedError(worker.pid, exitcode))
         elif worker.state == STARTING and not self._shutdown:
             self._boot_failures += 1
             self._last_boot_failure = f"worker pid {worker.pid} {describe_exitcode(exitcode)}"
@@ -583,7 +657,9 @@ class Pool:
             if kind == _TIMEOUT:
                 if a.item is b and a.state == BUSY:
                     a.item = None
-                    _set_exception(b.future, TaskTimeoutError(b.timeout, a.pid))
+                    self.counters.timed_out += 1
+                    self.counters.recycled["timeout"] += 1
+                    self._resolve(a, _set_exception, b.future, TaskTimeoutError(b.timeout, a.pid))
                     self._kill(a)
             elif kind == _KILL:
                 a.refresh()
@@ -604,6 +680,7 @@ class Pool:
         assert self._idle_timeout is not None
         due = worker.idle_since + self._idle_timeout
         if due <= now:
+            self.counters.recycled["idle"] += 1
             self._retire(worker)
         else:
             worker.idle_armed = True
@@ -614,6 +691,7 @@ class Pool:
         if worker in self._idle:
             self._idle.remove(worker)
         worker.state = KILLING
+        worker.planned = True
         tree = ProcessTree(worker.pid)
         if self._kill_grace > 0:
             tree.signal(signal.SIGTERM)
@@ -625,12 +703,15 @@ class Pool:
         self._stopping_handled = True
         reason = self._stop_reason or "stopped"
         for item in self._retry:
+            self.counters.stopped += 1
             _set_exception(item.future, TaskStoppedError(reason))
         self._retry.clear()
         for worker in list(self._workers.values()):
             if worker.state == BUSY and worker.item is not None:
                 item, worker.item = worker.item, None
-                _set_exception(item.future, TaskStoppedError(reason, worker.pid))
+                self.counters.stopped += 1
+                self._resolve(worker, _set_exception, item.future,
+                              TaskStoppedError(reason, worker.pid))
                 self._kill(worker)
             elif worker.state in (IDLE, STARTING):
                 self._retire(worker)
@@ -705,6 +786,10 @@ class Pool:
         items += self._retry
         self._retry.clear()
         for item in items:
+            if item.future.cancelled():
+                self.counters.cancelled += 1
+            else:
+                self.counters.failed += 1
             _set_exception(item.future, make_error())
 
     def _fail_everything(self, exc: BaseException) -> None:  # pragma: no cover - defensive
@@ -725,6 +810,8 @@ class Pool:
         """Release the pool's own fds once every worker is gone."""
         with self._lock:
             self._shutdown = True
+        if self._logs is not None:
+            self._logs.close(timeout=_LOG_DRAIN_TIMEOUT)
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -749,7 +836,8 @@ def _exited_on_ctrl_c() -> bool:
 
 def _at_exit() -> None:
     """Interpreter exit: finish the work of pools nobody shut down, as the stdlib does,
-    unless the program is ending on Ctrl-C, which stops them at once."""
+    unless the program is ending on Ctrl-C, which stops them at once; then log the
+    failed futures still alive whose exception nobody retrieved."""
     global _interpreter_exiting
     _interpreter_exiting = True
     interrupted = _exited_on_ctrl_c()
@@ -761,6 +849,8 @@ def _at_exit() -> None:
                 pool.shutdown(wait=True, cancel_futures=False)
             except KeyboardInterrupt:
                 pool.interrupt()
+    if not interrupted:
+        report_unretrieved()
 
 
 def _after_fork_in_child() -> None:

@@ -14,7 +14,10 @@ Worker -> parent: one pickled tuple per event, first item the kind:
   the exception. ``rss`` is the worker's memory after the task (0 when not
   measured) and ``poison`` why the worker must be recycled, or ``None``;
 * ``(INIT_ERR, ..., None)`` when the initializer failed, and
-  ``(SETUP_ERR, ..., resource_name)`` when a resource's setup failed.
+  ``(SETUP_ERR, ..., resource_name)`` when a resource's setup failed;
+* ``(LOG, record_dict)`` for each log record the worker's logging bridge
+  forwards (``_logbridge``), at any time, in the order they were logged, so a
+  task's records always come before its reply.
 
 Every task gets exactly one reply, so a reply that cannot be decoded fails only
 that task's future and never desynchronises the pipe.
@@ -24,27 +27,29 @@ from __future__ import annotations
 
 import pickle
 import traceback
-import types
 from collections.abc import Callable, Mapping
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
+from safepool import _pickling
 from safepool._errors import PicklingError, RemoteError, RemoteTraceback
 
 __all__ = [
     "ERR",
     "EXIT",
     "INIT_ERR",
+    "LOG",
     "OK",
     "READY",
     "SETUP_ERR",
+    "check_initargs",
     "decode_error",
     "dumps_call",
     "encode_error",
     "encode_result",
 ]
 
-READY, OK, ERR, INIT_ERR, SETUP_ERR = 0, 1, 2, 3, 4
+READY, OK, ERR, INIT_ERR, SETUP_ERR, LOG = 0, 1, 2, 3, 4, 5
 #: The message that asks a worker to run its teardown and exit.
 EXIT = b""
 
@@ -55,69 +60,82 @@ _PROTOCOL = pickle.HIGHEST_PROTOCOL
 # be pickled".
 _PICKLE_FAILURES = (Exception,)
 
-_WORKER_RESOURCE_HINT = (
-    "Objects such as connections, engines, pools, locks, sockets, threads and "
-    "clients cannot cross a process boundary: create one in each worker instead, "
-    "as a worker resource (Executor(resources=[safepool.Resource(...)]), ready-made "
-    "ones in safepool.integrations) that tasks get with safepool.resource(name)"
-)
-
 
 def _dumps(obj: Any) -> bytes:
     return bytes(ForkingPickler.dumps(obj, _PROTOCOL))
 
 
-def _fn_hint(fn: Any) -> str:
-    qualname = getattr(fn, "__qualname__", "")
-    if getattr(fn, "__name__", "") == "<lambda>" or "<locals>" in qualname:
-        return (
-            "Workers import functions by name, so lambdas, nested functions and closures "
-            "cannot be sent: define the function at module level"
-        )
-    if isinstance(fn, types.MethodType):
-        return f"The bound method drags its instance along. {_WORKER_RESOURCE_HINT}"
-    return _WORKER_RESOURCE_HINT
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
 
 
-def _diagnose(fn: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> PicklingError | None:
-    """Find which part of a call cannot be pickled; ``None`` if each part can on its own."""
-    parts: list[tuple[str, Any]] = [("the function", fn)]
-    parts += [(f"args[{i}]", a) for i, a in enumerate(args)]
-    parts += [(f"kwargs[{k!r}]", v) for k, v in kwargs.items()]
-    for what, obj in parts:
-        try:
-            _dumps(obj)
-        except _PICKLE_FAILURES as exc:
-            hint = _fn_hint(obj) if what == "the function" else _WORKER_RESOURCE_HINT
-            return PicklingError(what, type(obj).__qualname__, str(exc) or type(exc).__name__, hint)
+def _diagnose(
+    parts: list[tuple[str, Any]],
+    dumps: _pickling.Dumps = _pickling.forking_dumps,
+    *,
+    returning: bool = False,
+) -> PicklingError | None:
+    """Name the innermost thing in ``parts`` that cannot be pickled, with advice.
+
+    ``parts`` are ``(root, object)`` pairs, searched in order; ``None`` if each
+    part pickles on its own.
+    """
+    for root, obj in parts:
+        culprit = _pickling.find_unpicklable(obj, root, dumps)
+        if culprit is not None:
+            hint = _pickling.hint_for(culprit, returning=returning)
+            return PicklingError(culprit.path, culprit.type_name, culprit.reason, hint)
     return None
 
 
 def dumps_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bytes:
     """Pickle a call for a worker.
 
-    Raises [`PicklingError`][safepool.PicklingError] naming the culprit.
+    Raises [`PicklingError`][safepool.PicklingError] naming the path to the
+    innermost object that cannot be pickled (``args[0].engine.pool._lock``),
+    its type, and what to do about it.
     """
     try:
         return _dumps((fn, args, kwargs))
     except _PICKLE_FAILURES as exc:
-        error = _diagnose(fn, args, kwargs) or PicklingError(
-            "the call", type(fn).__qualname__, str(exc) or type(exc).__name__
+        parts: list[tuple[str, Any]] = [("fn", fn)]
+        parts += [(f"args[{i}]", a) for i, a in enumerate(args)]
+        parts += [(f"kwargs[{k!r}]", v) for k, v in kwargs.items()]
+        error = _diagnose(parts) or PicklingError(
+            "the call", _pickling.type_name(fn), _reason(exc)
         )
         raise error from exc
 
 
+def check_initargs(initargs: tuple[Any, ...]) -> None:
+    """Fail now if ``initargs`` cannot reach a worker, naming the path (``initargs[0].conn``).
+
+    Multiprocessing objects that may only cross as the worker starts (a
+    ``multiprocessing`` Queue or Lock) are allowed: they do, with the process.
+    Sockets and multiprocessing connections pickle, and are not duplicated here.
+    """
+    for i, arg in enumerate(initargs):
+        culprit = _pickling.find_unpicklable(arg, f"initargs[{i}]")
+        if culprit is not None and not _pickling.crosses_only_at_start(culprit):
+            hint = _pickling.hint_for(culprit)
+            error = PicklingError(culprit.path, culprit.type_name, culprit.reason, hint)
+            raise error from culprit.error
+
+
 def encode_result(result: Any, trailer: Any) -> bytes:
-    """Encode a task's return value; an unpicklable one becomes a PicklingError reply."""
+    """Encode a task's return value; an unpicklable one becomes a PicklingError reply.
+
+    The error names the path inside the result (``result.conn._sock``).
+    """
     try:
         return pickle.dumps((OK, result, trailer), _PROTOCOL)
     except _PICKLE_FAILURES as exc:
-        error = PicklingError(
-            "the result",
-            type(result).__qualname__,
-            str(exc) or type(exc).__name__,
-            "Return plain data (numbers, strings, lists, dicts, dataclasses) from tasks",
-        )
+        error = _diagnose([("result", result)], _pickling.plain_dumps, returning=True)
+        if error is None:
+            error = PicklingError(
+                "result", _pickling.type_name(result), _reason(exc),
+                "Return plain data (numbers, strings, lists, dicts, dataclasses) from tasks",
+            )
         return encode_error(error, trailer, tb_text="")
 
 
@@ -133,8 +151,9 @@ def encode_error(
     """Encode an exception raised in the worker, with its traceback text.
 
     The exception is pickled and unpickled here first: if either fails, a
-    [`RemoteError`][safepool.RemoteError] with the type name, message and traceback
-    goes instead, so one odd exception can never break the pool.
+    [`RemoteError`][safepool.RemoteError] with the type name, message, traceback
+    and why (``pickling_error``: the path to what cannot be pickled, or why it
+    cannot be rebuilt) goes instead, so one odd exception can never break the pool.
     """
     if tb_text is None:
         tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -143,12 +162,30 @@ def encode_error(
         message = str(exc)
     except Exception:  # a broken __str__ must not take the worker down
         message = f"<{type_name} with unprintable message>"
+    exc_bytes, why = _pickle_exception(exc)
+    if why is not None:
+        error = RemoteError(type_name, message, tb_text, pickling_error=why)
+        exc_bytes = pickle.dumps(error, _PROTOCOL)
+    return pickle.dumps((kind, exc_bytes, type_name, message, tb_text, trailer), _PROTOCOL)
+
+
+def _pickle_exception(exc: BaseException) -> tuple[bytes, str | None]:
+    """``exc`` pickled, or ``b""`` and why it cannot be sent to the parent as itself."""
     try:
         exc_bytes = pickle.dumps(exc, _PROTOCOL)
+    except BaseException as error:
+        try:
+            culprit = _pickling.find_unpicklable(exc, "exception", _pickling.plain_dumps)
+        except BaseException:  # the diagnosis must never take the worker down
+            culprit = None
+        if culprit is None:
+            return b"", f"it could not be pickled: {type(error).__name__}: {error}"
+        return b"", _pickling.describe(culprit)
+    try:
         pickle.loads(exc_bytes)
-    except BaseException:
-        exc_bytes = pickle.dumps(RemoteError(type_name, message, tb_text), _PROTOCOL)
-    return pickle.dumps((kind, exc_bytes, type_name, message, tb_text, trailer), _PROTOCOL)
+    except BaseException as error:
+        return b"", f"it could not be rebuilt: {type(error).__name__}: {error}"
+    return exc_bytes, None
 
 
 def decode_error(
@@ -160,8 +197,9 @@ def decode_error(
         exc = pickle.loads(exc_bytes)
         if not isinstance(exc, BaseException):
             raise TypeError(f"expected an exception, got {type(exc).__name__}")
-    except Exception:
-        exc = RemoteError(type_name, message, tb_text, pid)
+    except Exception as error:
+        why = f"it could not be rebuilt in the parent: {type(error).__name__}: {error}"
+        exc = RemoteError(type_name, message, tb_text, pid, why)
     if isinstance(exc, RemoteError) and exc.pid is None:
         exc.pid = pid
     if tb_text:  # object.__setattr__ also works on frozen dataclass exceptions

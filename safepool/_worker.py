@@ -7,14 +7,19 @@ A worker:
    delivered), restores the default SIGTERM action, and becomes the leader of
    its own session, so the terminal's Ctrl-C does not reach it or its children
    and the parent can signal the whole group at once;
-2. watches a *lifeline* pipe on a small thread: the parent never writes to it,
+2. forwards its log records to the parent (``_logbridge``), unless the
+   executor was made with ``worker_logs=False``;
+3. watches a *lifeline* pipe on a small thread: the parent never writes to it,
    so EOF means the parent died, and the worker kills its process tree and
    exits at once, even in the middle of a task;
-3. runs the stdlib-style ``initializer`` and sets up its resources (in
+4. runs the stdlib-style ``initializer`` and sets up its resources (in
    dependency order), then says READY;
-4. loops: read a task, run it between the resources' ``before`` and ``after``
+5. loops: read a task, run it between the resources' ``before`` and ``after``
    hooks, send exactly one reply; an empty message (or EOF) ends the loop, the
    resources are torn down and the worker exits normally.
+
+Everything the worker sends goes through one lock, since the logging bridge
+may send from any of the task's threads while the main thread replies.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from safepool import _transport
+from safepool._logbridge import BridgeConfig, install_bridge
 from safepool._resource_runtime import WorkerResources, enter_worker, take_poison
 from safepool._resources import Outcome, Resource
 
@@ -71,6 +77,18 @@ def _kill_own_tree() -> None:
             os._exit(1)
 
 
+class _Sender:
+    """Sends whole messages to the parent, one thread at a time."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    def __call__(self, data: bytes) -> None:
+        with self._lock:
+            self._conn.send_bytes(data)
+
+
 def _watch_lifeline(lifeline: Connection) -> None:
     def watch() -> None:
         try:
@@ -90,6 +108,7 @@ def worker_main(
     initargs: tuple[Any, ...],
     measure_rss: bool,
     resources: tuple[Resource[Any], ...] = (),
+    log_config: BridgeConfig | None = None,
 ) -> None:
     """Entry point of a worker process (the ``target`` of its ``Process``)."""
     _quiet_signals()
@@ -100,13 +119,16 @@ def worker_main(
             os.close(fd)
         except OSError:
             pass
+    send = _Sender(conn)
+    if log_config is not None:
+        install_bridge(send, log_config)
     _watch_lifeline(lifeline)
 
     if initializer is not None:
         try:
             initializer(*initargs)
         except BaseException as exc:
-            conn.send_bytes(_transport.encode_error(exc, None, kind=_transport.INIT_ERR))
+            send(_transport.encode_error(exc, None, kind=_transport.INIT_ERR))
             return
     runtime = WorkerResources(resources) if resources else None
     if runtime is not None:
@@ -114,17 +136,22 @@ def worker_main(
             runtime.setup()
         except BaseException as exc:
             name = getattr(exc, "safepool_resource", None)
-            conn.send_bytes(_transport.encode_error(exc, name, kind=_transport.SETUP_ERR))
+            send(_transport.encode_error(exc, name, kind=_transport.SETUP_ERR))
             return
-    conn.send_bytes(pickle.dumps((_transport.READY,)))
+    send(pickle.dumps((_transport.READY,)))
     try:
-        _serve(conn, runtime, measure_rss)
+        _serve(conn, send, runtime, measure_rss)
     finally:
         if runtime is not None:
             runtime.teardown()
 
 
-def _serve(conn: Connection, runtime: WorkerResources | None, measure_rss: bool) -> None:
+def _serve(
+    conn: Connection,
+    send: Callable[[bytes], None],
+    runtime: WorkerResources | None,
+    measure_rss: bool,
+) -> None:
     """Run tasks until the parent sends EXIT or goes away."""
     rss_of: Callable[[], int] = lambda: 0  # noqa: E731
     if measure_rss:
@@ -140,7 +167,7 @@ def _serve(conn: Connection, runtime: WorkerResources | None, measure_rss: bool)
             return
         if data == _transport.EXIT:
             return
-        conn.send_bytes(_run_task(data, rss_of, runtime))
+        send(_run_task(data, rss_of, runtime))
 
 
 def _run_task(data: bytes, rss_of: Callable[[], int], runtime: WorkerResources | None) -> bytes:

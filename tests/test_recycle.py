@@ -39,7 +39,10 @@ def test_recycling_with_n_above_1_and_many_workers_does_not_deadlock(make_pool):
 
 
 def test_max_memory_per_child_replaces_a_worker_that_grew(make_pool):
-    baseline = psutil.Process().memory_info().rss  # a worker is about this size or less
+    # What a fresh worker weighs (not the parent, which grows over a test session).
+    probe = make_pool(1)
+    baseline = psutil.Process(probe.submit(tasks.pid).result(timeout=30)).memory_info().rss
+    probe.shutdown()
     pool = make_pool(1, max_memory_per_child=baseline + 80 * 2**20)
     small = [pool.submit(tasks.pid).result(timeout=30) for _ in range(3)]
     assert len(set(small)) == 1  # under the limit: kept

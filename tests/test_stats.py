@@ -1,0 +1,157 @@
+"""Executor.stats(): per-worker rows and totals, checked against known workloads."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import wait
+
+import psutil
+import pytest
+
+import safepool
+from tests import obs_tasks
+
+
+def totals(stats: safepool.Stats) -> dict[str, int]:
+    names = ("submitted", "completed", "failed", "timed_out", "crashed", "stopped", "cancelled",
+             "queued", "running")
+    return {name: getattr(stats, name) for name in names}
+
+
+def accounted(stats: safepool.Stats) -> int:
+    return (stats.completed + stats.failed + stats.timed_out + stats.crashed + stats.stopped
+            + stats.cancelled + stats.queued + stats.running)
+
+
+def recycled(stats: safepool.Stats) -> dict[str, int]:
+    return {reason: n for reason, n in stats.recycled.items() if n}
+
+
+def wait_for(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
+def test_fresh_executor_is_all_zero():
+    with safepool.Executor(2) as pool:
+        stats = pool.stats()
+    assert stats.workers == ()
+    assert set(totals(stats).values()) == {0}
+    assert set(stats.recycled) == {"count", "memory", "poisoned", "crash", "timeout", "idle"}
+
+
+def test_recycling_by_count_is_counted(make_pool):
+    pool = make_pool(1, max_tasks_per_child=2)
+    for n in range(5):
+        assert pool.submit(obs_tasks.succeed, n).result(timeout=30) == n
+    stats = pool.stats()
+    assert totals(stats) | {} == dict(
+        submitted=5, completed=5, failed=0, timed_out=0, crashed=0, stopped=0, cancelled=0,
+        queued=0, running=0,
+    )
+    assert recycled(stats) == {"count": 2}
+
+
+def test_every_outcome_lands_in_its_own_counter(make_pool):
+    pool = make_pool(1)
+    outcomes = [
+        pool.submit(obs_tasks.succeed, 1),
+        pool.submit(obs_tasks.fail, "a"),
+        pool.submit(obs_tasks.fail, "b"),
+        pool.submit(obs_tasks.crash),
+        pool.options(timeout=0.5).submit(obs_tasks.hang),
+        pool.submit(obs_tasks.poison),
+        pool.submit(obs_tasks.succeed, 2),
+    ]
+    wait(outcomes, timeout=60)
+    assert all(f.done() for f in outcomes)
+    stats = pool.stats()
+    assert totals(stats) == dict(
+        submitted=7, completed=3, failed=2, timed_out=1, crashed=1, stopped=0, cancelled=0,
+        queued=0, running=0,
+    )
+    assert recycled(stats) == {"crash": 1, "timeout": 1, "poisoned": 1}
+
+
+def test_memory_recycling_is_counted(make_pool):
+    pool = make_pool(1, max_memory_per_child=60 * 1024 * 1024)
+    first = pool.submit(obs_tasks.grow, 100).result(timeout=30)
+    second = pool.submit(obs_tasks.succeed, 1).result(timeout=30)
+    assert second == 1
+    assert recycled(pool.stats()) == {"memory": 1}
+    assert first not in {w.pid for w in pool.stats().workers}
+
+
+def test_idle_retirement_is_counted(make_pool):
+    pool = make_pool(1, idle_timeout=0.2)
+    pool.submit(obs_tasks.succeed, 1).result(timeout=30)
+    wait_for(lambda: pool.stats().recycled["idle"] == 1)
+    wait_for(lambda: pool.stats().workers == ())
+
+
+def test_queued_running_stopped_and_cancelled(make_pool):
+    pool = make_pool(1)
+    running = pool.submit(obs_tasks.hang)
+    queued = [pool.submit(obs_tasks.succeed, n) for n in range(3)]
+    wait_for(running.running)
+    stats = pool.stats()
+    assert (stats.running, stats.queued, stats.submitted) == (1, 3, 4)
+    (worker,) = stats.workers
+    assert worker.state == "busy"
+    assert queued[0].cancel()
+    pool.kill_workers()
+    stats = pool.stats()
+    assert totals(stats) == dict(
+        submitted=4, completed=0, failed=0, timed_out=0, crashed=0, stopped=1, cancelled=3,
+        queued=0, running=0,
+    )
+
+
+def test_worker_rows_show_pid_tasks_memory_and_uptime(make_pool):
+    pool = make_pool(1)
+    pids = {pool.submit(os.getpid).result(timeout=30) for _ in range(3)}
+    (pid,) = pids
+    first = pool.stats()
+    (row,) = first.workers
+    assert row.pid == pid
+    assert row.tasks == 3
+    assert row.state == "idle"
+    rss = psutil.Process(pid).memory_info().rss
+    assert row.rss is not None and 0.5 * rss < row.rss < 2 * rss
+    wait_for(lambda: pool.stats().workers[0].uptime > row.uptime)
+    assert row.uptime > 0
+
+
+def test_sums_hold_under_a_mixed_workload_and_concurrent_readers(make_pool):
+    pool = make_pool(2, max_tasks_per_child=3)
+    snapshots = []
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            snapshots.append(pool.stats())
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        futures = [pool.submit(obs_tasks.fail_if_odd, n) for n in range(40)]
+        wait(futures, timeout=60)
+    finally:
+        stop.set()
+        thread.join()
+    stats = pool.stats()
+    assert (stats.submitted, stats.completed, stats.failed) == (40, 20, 20)
+    assert accounted(stats) == 40
+    assert stats.recycled["count"] >= 40 // 3 - 2
+    assert snapshots and all(s.submitted <= 40 for s in snapshots)
+
+
+def test_submit_time_rejection_is_not_counted(make_pool):
+    pool = make_pool(1)
+    with pytest.raises(safepool.PicklingError):
+        pool.submit(obs_tasks.succeed, threading.Lock())
+    assert pool.stats().submitted == 0
