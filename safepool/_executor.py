@@ -322,6 +322,27 @@ class Executor(cf.Executor):
         """
         self._shutdown(lambda: self._pool.stop("terminate_workers() was called", grace=1e9))
 
+    def stop_task(self, future: cf.Future[Any]) -> bool:
+        """Stop one task, running or not; the executor carries on.
+
+        ``future.cancel()`` keeps the stdlib's meaning: it cancels a task that
+        has not started and returns False for a running one. ``stop_task``
+        also stops a running task: its worker and every process the task
+        started get SIGTERM, then SIGKILL after ``kill_grace``; the future
+        fails with [`TaskStoppedError`][safepool.TaskStoppedError] and the
+        worker is replaced (its resources' teardown is skipped).
+
+        Returns:
+            True if the task was cancelled or stopped; False if it had
+            already finished (its outcome stands).
+
+        Raises:
+            ValueError: if ``future`` was not returned by this executor.
+        """
+        if not isinstance(future, SafeFuture) or future._safepool is not self._pool:
+            raise ValueError("stop_task() takes a future returned by this executor's submit/map")
+        return self._pool.stop_task(future, "stop_task() was called")
+
     def kill_workers(self) -> None:
         """Like [`terminate_workers()`][safepool.Executor.terminate_workers], but SIGKILL now."""
         self._shutdown(lambda: self._pool.stop("kill_workers() was called", grace=0.0))

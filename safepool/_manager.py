@@ -95,6 +95,18 @@ class WorkItem:
         self.timeout = timeout
 
 
+class _StopRequest:
+    """A caller's ``stop_task``, handled by the manager thread."""
+
+    __slots__ = ("future", "handled", "reason", "stopped")
+
+    def __init__(self, future: SafeFuture[Any], reason: str) -> None:
+        self.future = future
+        self.reason = reason
+        self.stopped = False
+        self.handled = threading.Event()
+
+
 class _Worker:
     __slots__ = (
         "conn", "conn_open", "idle_armed", "idle_since", "item", "logged", "pid", "planned",
@@ -209,6 +221,8 @@ class Pool:
         # marks the still-running thread as stopped (bpo-45274), after which
         # join() returns at once.
         self._done = threading.Event()
+        self._stop_requests: list[_StopRequest] = []
+        self._manager_done = False  # under _lock: no stop request will be handled any more
 
         # Owned by the manager thread.
         self._workers: dict[int, _Worker] = {}  # by sentinel
@@ -282,12 +296,42 @@ class Pool:
         self._finish(wait)
 
     def interrupt(self) -> None:
-        """Ctrl-C while a caller waited on this pool: stop everything, fast."""
+        """Ctrl-C while a caller waited on this pool: stop everything, fast.
+
+        Running tasks get SIGTERM and ``kill_grace`` seconds before SIGKILL;
+        idle workers get as long for their teardown. A second Ctrl-C meanwhile
+        SIGKILLs every worker's process tree at once.
+        """
         try:
-            self.stop("the parent was interrupted (KeyboardInterrupt)", grace=0.2, wait=False)
-            self.join(timeout=2.0)
+            self.stop("the parent was interrupted (KeyboardInterrupt)", grace=self._kill_grace,
+                      wait=False)
+            # Two grace periods at most (teardown, then SIGTERM); the bound is a safety
+            # net: workers still alive after it die with the parent (lifeline).
+            self.join(timeout=2 * self._kill_grace + 1.0)
         except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
             self.kill_now()
+
+    def stop_task(self, future: SafeFuture[Any], reason: str) -> bool:
+        """Stop one task: cancel it if pending, kill it (and its tree) if running.
+
+        Returns True if the task will not finish on its own: it was cancelled,
+        or its future failed with TaskStoppedError. False if it had finished.
+        """
+        if future.cancel():
+            return True
+        if future.done():
+            return False
+        request = _StopRequest(future, reason)
+        with self._lock:
+            if self._thread is None or self._manager_done:
+                return False
+            self._stop_requests.append(request)
+        if threading.current_thread() is self._thread:  # a done-callback on the manager
+            self._handle_stop_requests()
+        else:
+            self._wake()
+            request.handled.wait()
+        return request.stopped
 
     def kill_now(self) -> None:
         """SIGKILL every worker's process tree from the calling thread, without waiting."""
@@ -361,6 +405,9 @@ class Pool:
             self._fail_everything(exc)
             raise
         finally:
+            with self._lock:
+                self._manager_done = True
+            self._handle_stop_requests()  # the tasks they name have all finished
             self._close()
             self._done.set()
 
@@ -368,6 +415,8 @@ class Pool:
         """One round of the manager loop; False once the pool is finished."""
         if self._stop_reason is not None and not self._stopping_handled:
             self._stop_running_tasks()
+        if self._stop_requests:
+            self._handle_stop_requests()
         self._dispatch()
         if self._shutdown:
             if self._finished():
@@ -699,6 +748,30 @@ class Pool:
         else:
             tree.signal(signal.SIGKILL)
 
+    def _handle_stop_requests(self) -> None:
+        with self._lock:
+            requests, self._stop_requests = self._stop_requests, []
+        for request in requests:
+            request.stopped = self._stop_one(request.future, request.reason)
+            request.handled.set()
+
+    def _stop_one(self, future: SafeFuture[Any], reason: str) -> bool:
+        for worker in list(self._workers.values()):
+            item = worker.item
+            if item is not None and item.future is future and worker.state == BUSY:
+                worker.item = None
+                self.counters.stopped += 1
+                self._resolve(worker, _set_exception, future, TaskStoppedError(reason, worker.pid))
+                self._kill(worker)
+                return True
+        for item in self._retry:
+            if item.future is future:
+                self._retry.remove(item)
+                self.counters.stopped += 1
+                _set_exception(future, TaskStoppedError(reason))
+                return True
+        return False
+
     def _stop_running_tasks(self) -> None:
         self._stopping_handled = True
         reason = self._stop_reason or "stopped"
@@ -714,7 +787,8 @@ class Pool:
                               TaskStoppedError(reason, worker.pid))
                 self._kill(worker)
             elif worker.state in (IDLE, STARTING):
-                self._retire(worker)
+                self._retire(worker)  # a stop gives teardown kill_grace, not exit_timeout
+                self._push_deadline(time.monotonic() + self._kill_grace, _EXIT_WAIT, worker)
             elif worker.state == RETIRING:
                 self._push_deadline(time.monotonic() + self._kill_grace, _EXIT_WAIT, worker)
 

@@ -148,3 +148,15 @@ def raise_keyboard_interrupt():
 
 def put_in_queue(queue):
     queue.put(os.getpid())
+
+
+def report_sigterm_and_hang(fifo):
+    """Ignore SIGTERM but say when it came (a task with slow cleanup)."""
+
+    def on_sigterm(*_):
+        notify(fifo, f"sigterm {os.getpid()}")
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    notify(fifo, f"started {os.getpid()}")
+    while True:
+        time.sleep(60)

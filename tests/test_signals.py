@@ -30,7 +30,7 @@ def test_one_ctrl_c_stops_everything_quietly_and_fast(mode, method, fifo):
     finally:
         stop_script(script)
     # The stdlib takes the whole queue (here minutes) and prints a traceback per idle worker.
-    assert elapsed < 3.0, err
+    assert elapsed < 1.0, err
     assert err.count("Traceback (most recent call last)") == 1, err
     assert err.rstrip().endswith("KeyboardInterrupt"), err
     assert script.returncode in (-signal.SIGINT, 130, 1)
@@ -44,13 +44,11 @@ def test_parent_sigkill_leaves_no_orphans(method, fifo):
         idle = [int(p) for p in fifo.line(timeout=30).split()]
         busy_tree = [int(p) for p in fifo.line(timeout=30).split()]
         os.kill(script.pid, signal.SIGKILL)
-        start = time.monotonic()
-        survivors = wait_gone(idle + busy_tree, timeout=5)
-        elapsed = time.monotonic() - start
+        # Every process of the pool's tree is gone within a second (the lifeline).
+        survivors = wait_gone(idle + busy_tree, timeout=1.0)
     finally:
         stop_script(script)
     assert survivors == []
-    assert elapsed < 2.0
 
 
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
@@ -68,3 +66,26 @@ def test_workers_are_started_with_sigint_blocked(method):
     assert out.returncode == 0, out.stderr
     expected = ["manager True"] + (["forkserver True"] if method == "forkserver" else [])
     assert out.stdout.split("\n")[:-1] == expected
+
+
+def test_a_second_ctrl_c_during_the_graceful_stop_kills_at_once(method, fifo):
+    script = run_script("ctrl_c_twice.py", fifo.path, method)
+    try:
+        workers = {int(fifo.line(timeout=30).split()[1]) for _ in range(2)}
+        os.killpg(script.pid, signal.SIGINT)
+        # The first Ctrl-C asks the running tasks to stop (SIGTERM) and would give them
+        # kill_grace (60 s); they ignore it.
+        for _ in range(2):
+            kind, pid = fifo.line(timeout=10).split()
+            assert kind == "sigterm" and int(pid) in workers
+        assert script.poll() is None  # still waiting for the tasks
+        start = time.monotonic()
+        os.killpg(script.pid, signal.SIGINT)
+        _, err = script.communicate(timeout=15)
+        elapsed = time.monotonic() - start
+    finally:
+        stop_script(script)
+    assert elapsed < 5.0, err  # not the 60 s grace: killed at once
+    assert err.count("Traceback (most recent call last)") == 1, err
+    assert err.rstrip().endswith("KeyboardInterrupt"), err
+    assert wait_gone(workers, timeout=1.0) == []

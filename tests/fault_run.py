@@ -1,0 +1,180 @@
+"""Runs one fault workload and checks everything the reliability guarantees promise.
+
+Shared by the randomized suite (``tests/test_fault_suite.py``, short) and the soak
+(``benchmarks/soak.py``, long). One run:
+
+1. submits one task per drawn kind (``tests/fault_tasks.py``) to a fresh executor;
+2. checks that every future resolved exactly once (a done-callback counter), with the
+   outcome its kind must give, and that an unpicklable argument failed at submit;
+3. checks the executor is still usable, and that ``stats()`` counted each outcome;
+4. shuts down and checks that no worker, grandchild, safepool thread, fd or named
+   semaphore is left behind.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+import safepool
+from tests import fault_tasks
+
+#: How long a whole workload may take before the run counts as hung.
+WORKLOAD_TIMEOUT = 120.0
+
+
+@dataclass
+class RunReport:
+    tasks: int
+    outcomes: collections.Counter[str]
+    stats: safepool.Stats
+
+
+def fresh_worker_rss(method: str) -> int:
+    """Resident memory of a new worker of ``method``, in bytes."""
+    with safepool.Executor(1, method, resources=[fault_tasks.PROBE]) as pool:
+        pid = pool.submit(os.getpid).result(timeout=60)
+        return int(psutil.Process(pid).memory_info().rss)
+
+
+def _descendants() -> set[int]:
+    """Every descendant of this process, except the stdlib's forkserver and resource tracker."""
+    me = psutil.Process()
+    helpers = set()
+    for child in me.children():
+        try:
+            cmd = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if "from multiprocessing." in cmd and ("forkserver" in cmd or "resource_tracker" in cmd):
+            helpers.add(child.pid)
+    return {p.pid for p in me.children(recursive=True) if p.pid not in helpers}
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _semaphores() -> set[str]:
+    with open("/proc/self/maps") as maps:
+        return {line.split()[-1] for line in maps if "/dev/shm/sem." in line}
+
+
+def _safepool_threads() -> set[str]:
+    return {t.name for t in threading.enumerate() if t.name.startswith("safepool-")}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _settle(check, what: str, timeout: float = 10.0) -> None:
+    """Wait (bounded) until ``check()`` returns an empty/false value; fail naming it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = check()
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"left behind after shutdown: {what}: {left}")
+        time.sleep(0.02)
+
+
+def run_workload(
+    kinds: Sequence[str],
+    *,
+    method: str,
+    workers: int,
+    max_tasks: int | None,
+    memory_limit: int,
+    scratch: str | None = None,
+) -> RunReport:
+    """Run one task per entry of ``kinds``; raise AssertionError on any broken guarantee."""
+    own_scratch = scratch is None
+    scratch = scratch or tempfile.mkdtemp(prefix="safepool-fault-")
+    before = (_descendants(), _fds(), _semaphores())
+    calls: collections.Counter[int] = collections.Counter()
+    calls_lock = threading.Lock()
+
+    def count(token: int) -> None:
+        with calls_lock:
+            calls[token] += 1
+
+    pool = safepool.Executor(
+        workers, method, max_tasks_per_child=max_tasks, max_memory_per_child=memory_limit,
+        resources=[fault_tasks.PROBE], kill_grace=0.2, log_unretrieved=False,
+    )
+    submitted = []
+    finished = False
+    try:
+        for token, kind in enumerate(kinds):
+            if kind == "unpicklable_arg":
+                try:
+                    pool.submit(fault_tasks.run, kind, token, scratch, threading.Lock())
+                except Exception as exc:
+                    fault_tasks.expect(kind, token)(exc)
+                    continue
+                raise AssertionError("submit accepted an unpicklable argument")
+            target = pool.options(timeout=fault_tasks.TASK_TIMEOUT) if kind in fault_tasks.TIMED \
+                else pool
+            future = target.submit(fault_tasks.run, kind, token, scratch)
+            future.add_done_callback(lambda _f, t=token: count(t))
+            submitted.append((kind, token, future))
+
+        _, not_done = wait([f for *_, f in submitted], timeout=WORKLOAD_TIMEOUT)
+        assert not not_done, f"{len(not_done)} future(s) never resolved"
+        # Waiters wake before done-callbacks run: let the callbacks catch up.
+        _settle(lambda: [t for _, t, _ in submitted if calls[t] == 0], "uncalled callbacks")
+        for kind, token, future in submitted:
+            fault_tasks.expect(kind, token)(future)
+
+        # Still usable after all of that.
+        assert pool.submit(fault_tasks.run, "value", -1, scratch).result(timeout=60) == -1
+        stats = pool.stats()
+        finished = True
+    finally:
+        if finished:
+            pool.shutdown(wait=True)
+        else:
+            pool.kill_workers()
+
+    # Exactly once: no callback ran twice, even after shutdown.
+    twice = {t: n for t, n in calls.items() if n != 1}
+    assert not twice, f"futures resolved more than once: {twice}"
+
+    outcomes = collections.Counter(fault_tasks.COUNTER[k] for k, _, _ in submitted)
+    outcomes["completed"] += 1  # the usability check
+    for counter in ("completed", "failed", "crashed", "timed_out"):
+        assert getattr(stats, counter) == outcomes[counter], (counter, stats, outcomes)
+    assert stats.submitted == len(submitted) + 1
+    assert stats.queued == stats.running == stats.cancelled == stats.stopped == 0
+    drawn = collections.Counter(kinds)
+    assert stats.recycled["memory"] == drawn["grow"], stats
+    assert stats.recycled["poisoned"] == drawn["hook_fails"], stats
+    assert stats.recycled["crash"] == outcomes["crashed"], stats
+    assert stats.recycled["timeout"] == outcomes["timed_out"], stats
+
+    # Nothing left behind: workers, grandchildren, threads, fds, semaphores.
+    grandchildren = [int(p.read_text()) for p in Path(scratch).glob("*.pid")]
+    assert len(grandchildren) <= drawn["grandchild_timeout"]
+    _settle(lambda: [p for p in grandchildren if _alive(p)], "grandchildren")
+    _settle(lambda: _descendants() - before[0], "processes")
+    _settle(_safepool_threads, "safepool threads")
+    _settle(lambda: max(0, _fds() - before[1]), "fds")
+    _settle(lambda: _semaphores() - before[2], "named semaphores")
+    if own_scratch:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return RunReport(len(kinds), outcomes, stats)
