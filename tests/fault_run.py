@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from concurrent.futures import wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -93,6 +94,91 @@ def _settle(check, what: str, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+class Calls:
+    """Counts how often each future's done-callbacks ran (exactly once is the rule)."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[int] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def watch(self, future: Any, token: int) -> None:
+        future.add_done_callback(lambda _f: self._count(token))
+
+    def _count(self, token: int) -> None:
+        with self._lock:
+            self.counts[token] += 1
+
+    def twice(self) -> dict[int, int]:
+        return {t: n for t, n in self.counts.items() if n != 1}
+
+
+def run_batch(
+    pool: safepool.Executor, kinds: Sequence[str], scratch: str, calls: Calls, first_token: int = 0
+) -> collections.Counter[str]:
+    """Submit one task per kind, wait for all, check each outcome; count them by Stats field."""
+    submitted = []
+    for token, kind in enumerate(kinds, start=first_token):
+        if kind == "unpicklable_arg":
+            try:
+                pool.submit(fault_tasks.run, kind, token, scratch, threading.Lock())
+            except Exception as exc:
+                fault_tasks.expect(kind, token)(exc)
+                continue
+            raise AssertionError("submit accepted an unpicklable argument")
+        target = pool.options(timeout=fault_tasks.TASK_TIMEOUT) if kind in fault_tasks.TIMED \
+            else pool
+        future = target.submit(fault_tasks.run, kind, token, scratch)
+        calls.watch(future, token)
+        submitted.append((kind, token, future))
+
+    _, not_done = wait([f for *_, f in submitted], timeout=WORKLOAD_TIMEOUT)
+    assert not not_done, f"{len(not_done)} future(s) never resolved"
+    # Waiters wake before done-callbacks run: let the callbacks catch up.
+    _settle(lambda: [t for _, t, _ in submitted if calls.counts[t] == 0], "uncalled callbacks")
+    for kind, token, future in submitted:
+        fault_tasks.expect(kind, token)(future)
+    return collections.Counter(fault_tasks.COUNTER[k] for k, _, _ in submitted)
+
+
+def check_stats(stats: safepool.Stats, outcomes: collections.Counter[str],
+                drawn: collections.Counter[str]) -> None:
+    """The executor counted every outcome where it belongs, and every recycle by its reason."""
+    for counter in ("completed", "failed", "crashed", "timed_out"):
+        assert getattr(stats, counter) == outcomes[counter], (counter, stats, outcomes)
+    assert stats.submitted == sum(outcomes.values())
+    assert stats.queued == stats.running == stats.cancelled == stats.stopped == 0
+    assert stats.recycled["memory"] == drawn["grow"], stats
+    assert stats.recycled["poisoned"] == drawn["hook_fails"], stats
+    assert stats.recycled["crash"] == outcomes["crashed"], stats
+    assert stats.recycled["timeout"] == outcomes["timed_out"], stats
+
+
+class Baseline:
+    """What exists before a run, to check after shutdown that nothing was left behind."""
+
+    def __init__(self) -> None:
+        self.processes = _descendants()
+        self.fds = _fds()
+        self.semaphores = _semaphores()
+
+    def check_clean(self, scratch: str, grandchildren_drawn: int) -> None:
+        grandchildren = [int(p.read_text()) for p in Path(scratch).glob("*.pid")]
+        assert len(grandchildren) <= grandchildren_drawn
+        _settle(lambda: [p for p in grandchildren if _alive(p)], "grandchildren")
+        _settle(lambda: _descendants() - self.processes, "processes")
+        _settle(_safepool_threads, "safepool threads")
+        _settle(lambda: max(0, _fds() - self.fds), "fds")
+        _settle(lambda: _semaphores() - self.semaphores, "named semaphores")
+
+
+def make_executor(method: str, workers: int, max_tasks: int | None,
+                  memory_limit: int) -> safepool.Executor:
+    return safepool.Executor(
+        workers, method, max_tasks_per_child=max_tasks, max_memory_per_child=memory_limit,
+        resources=[fault_tasks.PROBE], kill_grace=0.2, log_unretrieved=False,
+    )
+
+
 def run_workload(
     kinds: Sequence[str],
     *,
@@ -100,49 +186,19 @@ def run_workload(
     workers: int,
     max_tasks: int | None,
     memory_limit: int,
-    scratch: str | None = None,
 ) -> RunReport:
-    """Run one task per entry of ``kinds``; raise AssertionError on any broken guarantee."""
-    own_scratch = scratch is None
-    scratch = scratch or tempfile.mkdtemp(prefix="safepool-fault-")
-    before = (_descendants(), _fds(), _semaphores())
-    calls: collections.Counter[int] = collections.Counter()
-    calls_lock = threading.Lock()
-
-    def count(token: int) -> None:
-        with calls_lock:
-            calls[token] += 1
-
-    pool = safepool.Executor(
-        workers, method, max_tasks_per_child=max_tasks, max_memory_per_child=memory_limit,
-        resources=[fault_tasks.PROBE], kill_grace=0.2, log_unretrieved=False,
-    )
-    submitted = []
+    """Run one task per entry of ``kinds`` on a fresh executor; raise AssertionError on any
+    broken guarantee."""
+    scratch = tempfile.mkdtemp(prefix="safepool-fault-")
+    baseline = Baseline()
+    calls = Calls()
+    pool = make_executor(method, workers, max_tasks, memory_limit)
     finished = False
     try:
-        for token, kind in enumerate(kinds):
-            if kind == "unpicklable_arg":
-                try:
-                    pool.submit(fault_tasks.run, kind, token, scratch, threading.Lock())
-                except Exception as exc:
-                    fault_tasks.expect(kind, token)(exc)
-                    continue
-                raise AssertionError("submit accepted an unpicklable argument")
-            target = pool.options(timeout=fault_tasks.TASK_TIMEOUT) if kind in fault_tasks.TIMED \
-                else pool
-            future = target.submit(fault_tasks.run, kind, token, scratch)
-            future.add_done_callback(lambda _f, t=token: count(t))
-            submitted.append((kind, token, future))
-
-        _, not_done = wait([f for *_, f in submitted], timeout=WORKLOAD_TIMEOUT)
-        assert not not_done, f"{len(not_done)} future(s) never resolved"
-        # Waiters wake before done-callbacks run: let the callbacks catch up.
-        _settle(lambda: [t for _, t, _ in submitted if calls[t] == 0], "uncalled callbacks")
-        for kind, token, future in submitted:
-            fault_tasks.expect(kind, token)(future)
-
+        outcomes = run_batch(pool, kinds, scratch, calls)
         # Still usable after all of that.
         assert pool.submit(fault_tasks.run, "value", -1, scratch).result(timeout=60) == -1
+        outcomes["completed"] += 1
         stats = pool.stats()
         finished = True
     finally:
@@ -150,31 +206,10 @@ def run_workload(
             pool.shutdown(wait=True)
         else:
             pool.kill_workers()
-
-    # Exactly once: no callback ran twice, even after shutdown.
-    twice = {t: n for t, n in calls.items() if n != 1}
+    twice = calls.twice()  # checked after shutdown: no late second resolution either
     assert not twice, f"futures resolved more than once: {twice}"
-
-    outcomes = collections.Counter(fault_tasks.COUNTER[k] for k, _, _ in submitted)
-    outcomes["completed"] += 1  # the usability check
-    for counter in ("completed", "failed", "crashed", "timed_out"):
-        assert getattr(stats, counter) == outcomes[counter], (counter, stats, outcomes)
-    assert stats.submitted == len(submitted) + 1
-    assert stats.queued == stats.running == stats.cancelled == stats.stopped == 0
     drawn = collections.Counter(kinds)
-    assert stats.recycled["memory"] == drawn["grow"], stats
-    assert stats.recycled["poisoned"] == drawn["hook_fails"], stats
-    assert stats.recycled["crash"] == outcomes["crashed"], stats
-    assert stats.recycled["timeout"] == outcomes["timed_out"], stats
-
-    # Nothing left behind: workers, grandchildren, threads, fds, semaphores.
-    grandchildren = [int(p.read_text()) for p in Path(scratch).glob("*.pid")]
-    assert len(grandchildren) <= drawn["grandchild_timeout"]
-    _settle(lambda: [p for p in grandchildren if _alive(p)], "grandchildren")
-    _settle(lambda: _descendants() - before[0], "processes")
-    _settle(_safepool_threads, "safepool threads")
-    _settle(lambda: max(0, _fds() - before[1]), "fds")
-    _settle(lambda: _semaphores() - before[2], "named semaphores")
-    if own_scratch:
-        shutil.rmtree(scratch, ignore_errors=True)
+    check_stats(stats, outcomes, drawn)
+    baseline.check_clean(scratch, drawn["grandchild_timeout"])
+    shutil.rmtree(scratch, ignore_errors=True)
     return RunReport(len(kinds), outcomes, stats)
