@@ -115,8 +115,9 @@ class WorkerCrashedError(ProcessExpired, BrokenProcessPool):
 class TaskStoppedError(Exception):
     """A running task was stopped on purpose before it finished.
 
-    This happens when the executor is interrupted (Ctrl-C while a caller waits
-    on it), or stopped with
+    This happens when the task is stopped with
+    [`stop_task()`][safepool.Executor.stop_task], or the executor is
+    interrupted (Ctrl-C while a caller waits on it), or stopped with
     [`terminate_workers()`][safepool.Executor.terminate_workers] or
     [`kill_workers()`][safepool.Executor.kill_workers].
     """

@@ -190,7 +190,7 @@ class Executor(cf.Executor):
             raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
         if initializer is not None and context.get_start_method() != "fork":
             # Fail here for a lambda or nested function, not in every worker.
-            dumps_call(initializer, (), {})
+            dumps_call(initializer, (), {}, fn_name="initializer")
         if initargs and context.get_start_method() != "fork":
             # Likewise for initargs, except multiprocessing objects that may only
             # cross when the process starts (a multiprocessing Queue or Lock).
@@ -229,8 +229,8 @@ class Executor(cf.Executor):
     def stats(self) -> Stats:
         """A snapshot of the workers and of the task totals since the executor was made.
 
-        Cheap enough to call often (a few microseconds plus one ``/proc`` read
-        per worker for its memory); safe from any thread.
+        Cheap enough to call often (tens of microseconds per worker, most of
+        it one ``/proc`` read for its memory); safe from any thread.
         """
         return self._pool.stats()
 

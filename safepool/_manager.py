@@ -620,7 +620,10 @@ class Pool:
         rss, poison = trailer
         too_many = self._max_tasks is not None and worker.tasks >= self._max_tasks
         too_big = self._max_memory is not None and rss > self._max_memory
-        if too_many or too_big or poison is not None or self._shutdown:
+        # After shutdown() a worker stays while queued work remains: one process per
+        # queued task would be slow (and teardown/setup for each).
+        draining = self._shutdown and not self._pending and not self._retry
+        if too_many or too_big or poison is not None or draining:
             if not self._shutdown:
                 reason = "poisoned" if poison is not None else "memory" if too_big else "count"
                 self.counters.recycled[reason] += 1
@@ -762,6 +765,7 @@ class Pool:
                 worker.item = None
                 self.counters.stopped += 1
                 self._resolve(worker, _set_exception, future, TaskStoppedError(reason, worker.pid))
+                self.counters.recycled["stopped"] += 1
                 self._kill(worker)
                 return True
         for item in self._retry:

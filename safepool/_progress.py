@@ -1,11 +1,12 @@
 """Progress display for ``map(progress=True)`` and [`safepool.progress()`][safepool.progress].
 
-A bar counts futures as they *finish* (from done-callbacks), not as the
-caller consumes results, so it moves even while ``map`` waits on a slow first
-result. It uses tqdm when it is installed, and otherwise a plain line on
-stderr: redrawn in place on a terminal (at most 10 times a second), or
-printed as a new line at most every 5 seconds when stderr is a file or a pipe
-(a CI log).
+In ``map`` the bar counts tasks as they *finish* (from done-callbacks), not
+as the caller consumes results, so it moves even while ``map`` waits on a slow
+first result. ``progress()`` counts each future as it hands it to the loop,
+which ``as_completed`` does as they finish. It uses tqdm when it is
+installed, and otherwise a plain line on stderr: redrawn in place on a
+terminal (at most 10 times a second), or printed as a new line at most every
+5 seconds when stderr is a file or a pipe (a CI log).
 """
 
 from __future__ import annotations

@@ -23,8 +23,9 @@ __all__ = ["RECYCLE_REASONS", "Counters", "Stats", "WorkerStats", "rss_of"]
 #: Why a worker was replaced: ``count`` (``max_tasks_per_child``), ``memory``
 #: (``max_memory_per_child``), ``poisoned`` (``poison_worker()``, a failing hook
 #: or ``poison_on``), ``crash`` (it died unexpectedly), ``timeout`` (killed with
-#: a task that ran past its timeout), ``idle`` (``idle_timeout``).
-RECYCLE_REASONS = ("count", "memory", "poisoned", "crash", "timeout", "idle")
+#: a task that ran past its timeout), ``idle`` (``idle_timeout``), ``stopped`` (killed
+#: with a task stopped by ``Executor.stop_task()``).
+RECYCLE_REASONS = ("count", "memory", "poisoned", "crash", "timeout", "idle", "stopped")
 
 
 class Counters:
@@ -71,9 +72,11 @@ class WorkerStats:
 class Stats:
     """A snapshot of an executor's workers and totals since it was created.
 
-    Every submitted task is counted once in exactly one of ``completed``,
-    ``failed``, ``timed_out``, ``crashed``, ``stopped``, ``cancelled``,
-    ``queued`` or ``running``.
+    Once the executor is idle, every submitted task is counted in exactly one
+    of ``completed``, ``failed``, ``timed_out``, ``crashed``, ``stopped``,
+    ``cancelled``, ``queued`` or ``running``. A snapshot taken while tasks
+    are finishing is not atomic: a task may briefly show in two of them, or
+    in none (each number on its own is exact).
 
     Attributes:
         workers: one [`WorkerStats`][safepool.WorkerStats] per live worker process.
@@ -88,8 +91,8 @@ class Stats:
         stopped: running tasks stopped by ``terminate_workers()``,
             ``kill_workers()`` or Ctrl-C.
         cancelled: tasks cancelled before they started.
-        recycled: workers replaced, by reason (the keys of ``RECYCLE_REASONS``:
-            count, memory, poisoned, crash, timeout, idle).
+        recycled: workers replaced, by reason: ``count``, ``memory``,
+            ``poisoned``, ``crash``, ``timeout``, ``idle``, ``stopped``.
         queued: tasks waiting for a worker now.
         running: tasks running now.
     """

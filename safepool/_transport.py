@@ -88,8 +88,13 @@ def _diagnose(
     return None
 
 
-def dumps_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bytes:
-    """Pickle a call for a worker.
+def dumps_call(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    fn_name: str = "fn",
+) -> bytes:
+    """Pickle a call for a worker (``fn_name``: how paths name ``fn``).
 
     Raises [`PicklingError`][safepool.PicklingError] naming the path to the
     innermost object that cannot be pickled (``args[0].engine.pool._lock``),
@@ -98,7 +103,7 @@ def dumps_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[st
     try:
         return _dumps((fn, args, kwargs))
     except _PICKLE_FAILURES as exc:
-        parts: list[tuple[str, Any]] = [("fn", fn)]
+        parts: list[tuple[str, Any]] = [(fn_name, fn)]
         parts += [(f"args[{i}]", a) for i, a in enumerate(args)]
         parts += [(f"kwargs[{k!r}]", v) for k, v in kwargs.items()]
         error = _diagnose(parts) or PicklingError(

@@ -221,7 +221,7 @@ def test_a_huge_list_is_searched_by_halves(make_pool):
 def test_the_search_stops_at_its_depth_and_pickle_budget():
     nested: list = []
     inner = nested
-    for _ in range(5000):  # deeper than pickle's recursion limit
+    for _ in range(50_000):  # far deeper than pickle's recursion limit on any version
         inner.append([])
         inner = inner[0]
     culprit = _pickling.find_unpicklable(nested, "x")

@@ -129,6 +129,7 @@ def test_cancel_keeps_stdlib_semantics_and_stop_task_stops_a_running_task(make_p
     assert pool.stop_task(running) is False  # already finished
     stats = pool.stats()
     assert (stats.stopped, stats.cancelled) == (1, 1)
+    assert stats.recycled["stopped"] == 1
 
 
 def test_stop_task_leaves_a_finished_result_alone(make_pool):
@@ -183,3 +184,11 @@ def test_stopped_task_stats_and_no_orphans(make_pool, fifo):
     assert wait_gone(tree, timeout=5) == []
     assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
                    for p in tree)
+
+
+def test_work_queued_at_shutdown_is_drained_by_the_same_workers(make_pool):
+    pool = make_pool(1)
+    futures = [pool.submit(tasks.pid) for _ in range(10)]
+    pool.shutdown(wait=True)  # as at the end of a `with` block
+    pids = {f.result(timeout=0) for f in futures}
+    assert len(pids) == 1  # not one new process per queued task

@@ -41,7 +41,9 @@ def test_fresh_executor_is_all_zero():
         stats = pool.stats()
     assert stats.workers == ()
     assert set(totals(stats).values()) == {0}
-    assert set(stats.recycled) == {"count", "memory", "poisoned", "crash", "timeout", "idle"}
+    assert set(stats.recycled) == {
+        "count", "memory", "poisoned", "crash", "timeout", "idle", "stopped"
+    }
 
 
 def test_recycling_by_count_is_counted(make_pool):
