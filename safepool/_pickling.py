@@ -465,8 +465,8 @@ def _is_resource(obj: Any) -> bool:
 
 
 _RESOURCE_TEXT = (
-    "connections, engines, pools, locks, sockets, threads and clients cannot cross a "
-    "process boundary"
+    "connections, engines, pools, locks, sockets, open files, threads and clients cannot "
+    "cross a process boundary"
 )
 _DECLARE = (
     "create one in each worker instead: declare it as a worker resource "
