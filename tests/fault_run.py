@@ -29,6 +29,7 @@ import psutil
 
 import safepool
 from tests import fault_tasks
+from tests.conftest import _alive, _fds, _semaphores, _threads, pool_processes
 
 #: How long a whole workload may take before the run counts as hung.
 WORKLOAD_TIMEOUT = 120.0
@@ -46,40 +47,6 @@ def fresh_worker_rss(method: str) -> int:
     with safepool.Executor(1, method, resources=[fault_tasks.PROBE]) as pool:
         pid = pool.submit(os.getpid).result(timeout=60)
         return int(psutil.Process(pid).memory_info().rss)
-
-
-def _descendants() -> set[int]:
-    """Every descendant of this process, except the stdlib's forkserver and resource tracker."""
-    me = psutil.Process()
-    helpers = set()
-    for child in me.children():
-        try:
-            cmd = " ".join(child.cmdline())
-        except psutil.Error:
-            continue
-        if "from multiprocessing." in cmd and ("forkserver" in cmd or "resource_tracker" in cmd):
-            helpers.add(child.pid)
-    return {p.pid for p in me.children(recursive=True) if p.pid not in helpers}
-
-
-def _fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def _semaphores() -> set[str]:
-    with open("/proc/self/maps") as maps:
-        return {line.split()[-1] for line in maps if "/dev/shm/sem." in line}
-
-
-def _safepool_threads() -> set[str]:
-    return {t.name for t in threading.enumerate() if t.name.startswith("safepool-")}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _settle(check, what: str, timeout: float = 10.0) -> None:
@@ -157,7 +124,7 @@ class Baseline:
     """What exists before a run, to check after shutdown that nothing was left behind."""
 
     def __init__(self) -> None:
-        self.processes = _descendants()
+        self.processes = pool_processes()
         self.fds = _fds()
         self.semaphores = _semaphores()
 
@@ -165,8 +132,8 @@ class Baseline:
         grandchildren = [int(p.read_text()) for p in Path(scratch).glob("*.pid")]
         assert len(grandchildren) <= grandchildren_drawn
         _settle(lambda: [p for p in grandchildren if _alive(p)], "grandchildren")
-        _settle(lambda: _descendants() - self.processes, "processes")
-        _settle(_safepool_threads, "safepool threads")
+        _settle(lambda: pool_processes() - self.processes, "processes")
+        _settle(_threads, "safepool threads")
         _settle(lambda: max(0, _fds() - self.fds), "fds")
         _settle(lambda: _semaphores() - self.semaphores, "named semaphores")
 
