@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             drawn.update(kinds)
             outcomes += run_batch(pool, kinds, scratch, calls, first_token=done)
             done += len(kinds)
+            calls.forget_below(done)  # checked: keep no per-task state across batches
             batches += 1
             bar.advance(len(kinds), failed=False)
         stats = pool.stats()

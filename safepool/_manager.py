@@ -80,6 +80,8 @@ STARTING, IDLE, BUSY, RETIRING, KILLING = "starting", "idle", "busy", "retiring"
 _TIMEOUT, _KILL, _EXIT_WAIT, _WAKE, _IDLE, _START = 0, 1, 2, 3, 4, 5
 #: Workers that die before they are ready, in a row, before the pool gives up.
 _MAX_BOOT_FAILURES = 3
+#: Past this many entries (plus 8 per worker) the deadline heap drops stale ones.
+_COMPACT_AT = 1024
 #: How long the end of a pool waits for the parent's log handlers to catch up.
 _LOG_DRAIN_TIMEOUT = 10.0
 
@@ -110,7 +112,7 @@ class _StopRequest:
 class _Worker:
     __slots__ = (
         "conn", "conn_open", "idle_armed", "idle_since", "item", "logged", "pid", "planned",
-        "process", "ps", "ready", "sentinel", "started", "state", "tasks",
+        "process", "ps", "ready", "sentinel", "started", "state", "task_no", "tasks",
     )
 
     def __init__(self, process: BaseProcess, conn: Connection) -> None:
@@ -121,6 +123,7 @@ class _Worker:
         self.state = STARTING
         self.item: WorkItem | None = None
         self.tasks = 0
+        self.task_no = 0  # counts dispatches; a timeout deadline names the one it is for
         self.idle_since = 0.0
         self.idle_armed = False  # an _IDLE deadline for it is in the heap
         self.logged = False  # its current task sent log records
@@ -461,6 +464,21 @@ class Pool:
 
     def _push_deadline(self, when: float, kind: int, a: Any, b: Any = None) -> None:
         heapq.heappush(self._deadlines, (when, next(self._seq), kind, a, b))
+        if len(self._deadlines) > _COMPACT_AT + 8 * len(self._workers):
+            self._compact_deadlines()
+
+    def _compact_deadlines(self) -> None:
+        """Drop deadlines that can no longer fire (tasks that finished before their timeout,
+        workers that are gone), so a long timeout with many short tasks costs no memory."""
+        self._deadlines = [d for d in self._deadlines if self._deadline_live(d[2], d[3], d[4])]
+        heapq.heapify(self._deadlines)
+
+    def _deadline_live(self, kind: int, a: Any, b: Any) -> bool:
+        if kind == _TIMEOUT:
+            return a.item is not None and a.task_no == b
+        if kind in (_EXIT_WAIT, _IDLE, _START):
+            return self._workers.get(a.sentinel) is a
+        return True  # _KILL (a short grace) and _WAKE
 
     # ---------------------------------------------------------------- dispatch
 
@@ -489,11 +507,17 @@ class Pool:
                 worker.state = RETIRING
                 self._retry.appendleft(item)
                 continue
+            item.payload = b""  # sent: the worker has it now
             worker.state = BUSY
             worker.item = item
             worker.logged = False
+            worker.task_no += 1
             if item.timeout is not None:
-                self._push_deadline(time.monotonic() + item.timeout, _TIMEOUT, worker, item)
+                # The deadline names the dispatch, not the item: a task that finishes
+                # early leaves a stale entry that must not keep its future and result.
+                self._push_deadline(
+                    time.monotonic() + item.timeout, _TIMEOUT, worker, worker.task_no
+                )
 
     def _start_workers(self) -> None:
         """Start workers on demand: as many as waiting work needs, up to max_workers.
@@ -707,11 +731,14 @@ class Pool:
         while self._deadlines and self._deadlines[0][0] <= now:
             _, _, kind, a, b = heapq.heappop(self._deadlines)
             if kind == _TIMEOUT:
-                if a.item is b and a.state == BUSY:
+                item = a.item
+                if item is not None and a.task_no == b and a.state == BUSY:
                     a.item = None
                     self.counters.timed_out += 1
                     self.counters.recycled["timeout"] += 1
-                    self._resolve(a, _set_exception, b.future, TaskTimeoutError(b.timeout, a.pid))
+                    self._resolve(
+                        a, _set_exception, item.future, TaskTimeoutError(item.timeout, a.pid)
+                    )
                     self._kill(a)
             elif kind == _KILL:
                 a.refresh()

@@ -100,3 +100,20 @@ def test_a_view_does_not_shut_down_its_executor(make_pool):
     with pool.options(timeout=5) as view:
         assert view.submit(tasks.add, 1).result(timeout=30) == 1
     assert pool.submit(tasks.add, 2).result(timeout=30) == 2
+
+
+def test_a_long_timeout_does_not_keep_finished_tasks_alive(make_pool):
+    """A finished task's timeout deadline stays queued until it would fire; it must not
+    hold the task's future (and result) for that long, nor pile up without bound."""
+    import gc
+    import weakref
+
+    pool = make_pool(2, timeout=600)
+    futures = [pool.submit(tasks.add, i) for i in range(1500)]
+    assert [f.result(timeout=60) for f in futures] == list(range(1500))
+    refs = [weakref.ref(f) for f in futures]
+    del futures
+    gc.collect()
+    assert sum(r() is not None for r in refs) == 0
+    # Stale deadlines are dropped once they pile up (safepool internals, on purpose).
+    assert len(pool._pool._deadlines) <= 1024 + 8 * pool.max_workers + 1
