@@ -17,7 +17,6 @@ __all__ = [
     "default_start_method",
     "keep_global_start_method_unset",
     "resolve_context",
-    "warn_if_fork_unsafe",
 ]
 
 #: Threads whose names start with this belong to safepool itself.
@@ -57,14 +56,6 @@ def resolve_context(mp_context: BaseContext | str | None) -> BaseContext:
         "mp_context must be a multiprocessing context (multiprocessing.get_context(...)) "
         f"or a start-method name such as 'forkserver', not {type(mp_context).__name__}"
     )
-
-
-def warn_if_fork_unsafe(context: BaseContext, stacklevel: int) -> None:
-    """Kept for old imports: the fork guard lives in ``safepool._forkguard``."""
-    # Imported here: _forkguard imports THREAD_PREFIX from this module.
-    from safepool._forkguard import warn_if_fork_unsafe as guard
-
-    guard(context, stacklevel + 1)
 
 
 @contextmanager

@@ -102,8 +102,7 @@ class SafeFuture(Future[T]):
             pass
 
     def __del__(self) -> None:
-        if self._report_unretrieved and not self._retrieved:
-            self._report()
+        self._report()
 
     def _interrupted(self, exc: KeyboardInterrupt) -> None:
         if exc is self._exception:  # the task itself raised it: that is its outcome

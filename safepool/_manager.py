@@ -665,8 +665,9 @@ class Pool:
                 worker.idle_armed = True
                 self._push_deadline(worker.idle_since + self._idle_timeout, _IDLE, worker)
 
-    def _retire(self, worker: _Worker) -> None:
-        """Ask a worker to exit cleanly (teardown runs); kill it if it takes too long."""
+    def _retire(self, worker: _Worker, within: float | None = None) -> None:
+        """Ask a worker to exit cleanly (teardown runs); kill it if it takes longer than
+        ``within`` seconds (default ``exit_timeout``)."""
         if worker in self._idle:
             self._idle.remove(worker)
         worker.state = RETIRING
@@ -675,7 +676,8 @@ class Pool:
             worker.conn.send_bytes(_transport.EXIT)
         except OSError:
             worker.conn_open = False
-        self._push_deadline(time.monotonic() + self._exit_timeout, _EXIT_WAIT, worker)
+        wait = self._exit_timeout if within is None else within
+        self._push_deadline(time.monotonic() + wait, _EXIT_WAIT, worker)
 
     def _retire_idle_for_shutdown(self) -> None:
         if self._pending or self._retry:
@@ -787,39 +789,41 @@ class Pool:
 
     def _stop_one(self, future: SafeFuture[Any], reason: str) -> bool:
         for worker in list(self._workers.values()):
-            item = worker.item
-            if item is not None and item.future is future and worker.state == BUSY:
-                worker.item = None
-                self.counters.stopped += 1
-                self._resolve(worker, _set_exception, future, TaskStoppedError(reason, worker.pid))
+            if worker.item is not None and worker.item.future is future and worker.state == BUSY:
+                self._stop_busy(worker, reason)
                 self.counters.recycled["stopped"] += 1
-                self._kill(worker)
                 return True
         for item in self._retry:
             if item.future is future:
                 self._retry.remove(item)
-                self.counters.stopped += 1
-                _set_exception(future, TaskStoppedError(reason))
+                self._stop_unsent(item, reason)
                 return True
         return False
+
+    def _stop_busy(self, worker: _Worker, reason: str) -> None:
+        """Fail a running task with TaskStoppedError and kill its worker's tree."""
+        item, worker.item = worker.item, None
+        assert item is not None
+        self.counters.stopped += 1
+        self._resolve(worker, _set_exception, item.future, TaskStoppedError(reason, worker.pid))
+        self._kill(worker)
+
+    def _stop_unsent(self, item: WorkItem, reason: str) -> None:
+        """Fail a started task whose send failed (waiting to be re-sent)."""
+        self.counters.stopped += 1
+        _set_exception(item.future, TaskStoppedError(reason))
 
     def _stop_running_tasks(self) -> None:
         self._stopping_handled = True
         reason = self._stop_reason or "stopped"
         for item in self._retry:
-            self.counters.stopped += 1
-            _set_exception(item.future, TaskStoppedError(reason))
+            self._stop_unsent(item, reason)
         self._retry.clear()
         for worker in list(self._workers.values()):
             if worker.state == BUSY and worker.item is not None:
-                item, worker.item = worker.item, None
-                self.counters.stopped += 1
-                self._resolve(worker, _set_exception, item.future,
-                              TaskStoppedError(reason, worker.pid))
-                self._kill(worker)
+                self._stop_busy(worker, reason)
             elif worker.state in (IDLE, STARTING):
-                self._retire(worker)  # a stop gives teardown kill_grace, not exit_timeout
-                self._push_deadline(time.monotonic() + self._kill_grace, _EXIT_WAIT, worker)
+                self._retire(worker, within=self._kill_grace)  # a stop: teardown gets kill_grace
             elif worker.state == RETIRING:
                 self._push_deadline(time.monotonic() + self._kill_grace, _EXIT_WAIT, worker)
 

@@ -46,11 +46,9 @@ class ProgressBar:
     """Counts finished tasks and shows them; safe to call from any thread.
 
     Args:
-        total: how many tasks there are, if known (it can be set later with
-            ``set_total``).
+        total: how many tasks there are, if known.
         desc: a label shown before the count.
         file: where to draw; stderr by default.
-        use_tqdm: use tqdm if it is installed (``None``: yes).
     """
 
     def __init__(
@@ -58,7 +56,6 @@ class ProgressBar:
         total: int | None = None,
         desc: str | None = None,
         file: IO[str] | None = None,
-        use_tqdm: bool | None = None,
     ) -> None:
         self._lock = threading.Lock()
         self.total = total
@@ -70,20 +67,10 @@ class ProgressBar:
         self._started = time.monotonic()
         self._last_draw = 0.0
         self._tqdm: Any = None
-        if use_tqdm is not False and _tqdm_module is not None:
+        if _tqdm_module is not None:
             self._tqdm = _tqdm_class()(
                 total=total, desc=self._desc, unit="task", file=file, dynamic_ncols=True
             )
-
-    def set_total(self, total: int) -> None:
-        with self._lock:
-            self.total = total
-            if self._tqdm is not None:
-                self._tqdm.total = total
-                self._tqdm.refresh()
-            finished = self.done >= total
-        if finished:
-            self.close()
 
     def advance(self, n: int = 1, failed: bool = False) -> None:
         """Count ``n`` more finished tasks (``failed``: they raised)."""

@@ -7,6 +7,7 @@ check what ran, in which worker, in which order.
 from __future__ import annotations
 
 import os
+import time
 from functools import partial
 
 import safepool
@@ -112,3 +113,11 @@ def hanging_setup():
 
     while True:
         time.sleep(60)
+
+
+def hanging_teardown(fifo, _value=None):
+    """A teardown that never finishes (a flush to a broker that is gone); says it began."""
+    from tests.tasks import notify
+
+    notify(fifo, f"teardown {os.getpid()}")
+    time.sleep(600)

@@ -394,22 +394,6 @@ def test_a_long_list_is_cut_short(tmp_path):
             engine.dispose()
 
 
-def test_the_old_import_from_context_still_warns():
-    from safepool._context import warn_if_fork_unsafe
-
-    stop = threading.Event()
-    name = tag()
-    thread = threading.Thread(target=stop.wait, name=name)
-    thread.start()
-    try:
-        with pytest.warns(safepool.ForkWarning, match=name) as record:
-            warn_if_fork_unsafe(multiprocessing.get_context("fork"), stacklevel=1)
-    finally:
-        stop.set()
-        thread.join()
-    assert {w.filename for w in record if name in str(w.message)} == {__file__}
-
-
 def test_the_guard_imports_no_client_library():
     code = (
         "import sys, warnings, safepool\n"

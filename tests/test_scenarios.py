@@ -192,3 +192,23 @@ def test_work_queued_at_shutdown_is_drained_by_the_same_workers(make_pool):
     pool.shutdown(wait=True)  # as at the end of a `with` block
     pids = {f.result(timeout=0) for f in futures}
     assert len(pids) == 1  # not one new process per queued task
+
+
+def test_a_stop_gives_teardown_kill_grace_not_exit_timeout(make_pool, fifo):
+    """terminate_workers() (like Ctrl-C) retires idle workers with kill_grace for their
+    teardown: a hung teardown is killed then, not after exit_timeout (here 120 s)."""
+    from functools import partial
+
+    from tests import resource_defs
+
+    hung = safepool.Resource(
+        "hung", tasks.pid, teardown=partial(resource_defs.hanging_teardown, fifo.path)
+    )
+    pool = make_pool(1, resources=[hung], kill_grace=0.5, exit_timeout=120)
+    worker = pool.submit(tasks.pid).result(timeout=30)
+    stopper = threading.Thread(target=pool.terminate_workers)
+    stopper.start()
+    assert fifo.line(timeout=30) == f"teardown {worker}"
+    stopper.join(timeout=30)
+    assert not stopper.is_alive()  # returned long before exit_timeout
+    assert wait_gone([worker], timeout=5) == []
