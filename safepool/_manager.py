@@ -37,8 +37,10 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import os
 import pickle
+import selectors
 import signal
 import sys
 import threading
@@ -48,7 +50,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import InvalidStateError
 from multiprocessing import resource_tracker
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -56,7 +58,11 @@ from typing import Any
 import psutil
 
 from safepool import _transport
-from safepool._context import THREAD_PREFIX, keep_global_start_method_unset
+from safepool._context import (
+    THREAD_PREFIX,
+    keep_global_start_method_unset,
+    preload_in_forkserver,
+)
 from safepool._errors import (
     InitializerError,
     PicklingError,
@@ -84,17 +90,28 @@ _MAX_BOOT_FAILURES = 3
 _COMPACT_AT = 1024
 #: How long the end of a pool waits for the parent's log handlers to catch up.
 _LOG_DRAIN_TIMEOUT = 10.0
+#: Prefetch (see ``Pool._dispatch``) only while tasks take less than this on average...
+_PREFETCH_BELOW = 0.001
+#: ...keeping about this many seconds of work, and at most _PREFETCH_MAX tasks, per worker...
+_PREFETCH_WORTH = 0.002
+_PREFETCH_MAX = 32
+#: ...and only tasks whose pickled call is at most this big.
+_PREFETCH_PAYLOAD = 16 * 1024
+#: Weight of the newest task in the moving average of task durations.
+_AVERAGE_WEIGHT = 0.1
 
 
 class WorkItem:
     """One submitted call: its future, its pickled payload and its timeout."""
 
-    __slots__ = ("future", "payload", "timeout")
+    __slots__ = ("future", "no", "payload", "settled", "timeout")
 
     def __init__(self, future: SafeFuture[Any], payload: bytes, timeout: float | None) -> None:
         self.future = future
         self.payload = payload
         self.timeout = timeout
+        self.no = 0  # its number on the worker it was sent to (the worker counts the same)
+        self.settled = False  # its future was failed before the worker answered (timeout, stop)
 
 
 class _StopRequest:
@@ -111,19 +128,26 @@ class _StopRequest:
 
 class _Worker:
     __slots__ = (
-        "conn", "conn_open", "idle_armed", "idle_since", "item", "logged", "pid", "planned",
-        "process", "ps", "ready", "sentinel", "started", "state", "task_no", "tasks",
+        "closing", "conn", "conn_open", "idle_armed", "idle_since", "inflight", "killed_for",
+        "logged", "pid", "planned", "process", "ps", "reader", "ready", "sent", "sentinel",
+        "started", "started_no", "state", "tasks",
     )
 
-    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+    def __init__(self, process: BaseProcess, conn: Connection, started_no: Any) -> None:
         self.process = process
         self.pid: int = process.pid or 0
         self.conn = conn
         self.conn_open = True
+        self.reader = _transport.FrameReader(conn.fileno())
         self.state = STARTING
-        self.item: WorkItem | None = None
+        # Tasks sent and not yet answered, in the order the worker runs them. The
+        # first (the head) is running; the others wait in the pipe (prefetch).
+        self.inflight: deque[WorkItem] = deque()
+        self.sent = 0  # tasks sent to it; each WorkItem.no is this count at its sending
+        self.started_no = started_no  # shared with the worker: the number of its latest task
+        self.closing = False  # EXIT is in its pipe, behind its last task
+        self.killed_for: str | None = None  # why the parent stopped it (stop_task, stop())
         self.tasks = 0
-        self.task_no = 0  # counts dispatches; a timeout deadline names the one it is for
         self.idle_since = 0.0
         self.idle_armed = False  # an _IDLE deadline for it is in the heap
         self.logged = False  # its current task sent log records
@@ -132,6 +156,11 @@ class _Worker:
         self.started = time.monotonic()
         self.ps: Any = None  # psutil.Process, made on the first stats() call
         self.sentinel: int = _open_sentinel(process)
+
+    @property
+    def head(self) -> WorkItem | None:
+        """The task it is running (or about to run), if any."""
+        return self.inflight[0] if self.inflight else None
 
 
 def _open_sentinel(process: BaseProcess) -> int:
@@ -229,8 +258,11 @@ class Pool:
 
         # Owned by the manager thread.
         self._workers: dict[int, _Worker] = {}  # by sentinel
-        self._by_conn: dict[Connection, _Worker] = {}
+        self._selector = selectors.DefaultSelector()
         self._idle: list[_Worker] = []
+        # How long tasks take (moving average of what workers report): short tasks
+        # are prefetched, so a worker never waits for the parent between them.
+        self._avg_seconds = math.inf
         self._retry: deque[WorkItem] = deque()  # started items whose send failed
         self._deadlines: list[tuple[float, int, int, Any, Any]] = []
         self._seq = itertools.count()
@@ -241,11 +273,17 @@ class Pool:
         self._retry_at = 0.0
         self._setup_error: Callable[[], BaseException] | None = None
         self._healthy = 0  # workers that are IDLE or BUSY
+        # Nothing in a worker holds outside connections: replacements need not wait.
+        self._early_replacement = not resources and initializer is None
         self._stopping_handled = False
 
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        # True from a caller's wake-up write until the manager drains the wake pipe:
+        # a burst of submits costs one write, not one per submit.
+        self._woken = False
         self._lifeline_r, self._lifeline_w = context.Pipe(duplex=False)
         _live_pools.add(self)
 
@@ -356,7 +394,7 @@ class Pool:
         """A snapshot of the workers and the totals (see [`Stats`][safepool.Stats])."""
         workers = list(self._workers.values())
         rows = []
-        running = 0
+        running = prefetched = 0
         for w in workers:
             if w.ps is None:
                 try:
@@ -364,8 +402,11 @@ class Pool:
                 except psutil.Error:
                     pass
             rows.append(WorkerStats(w.pid, w.state, w.tasks, rss_of(w.ps), uptime_since(w.started)))
-            running += w.item is not None
-        queued = len(self._pending) + len(self._retry)
+            waiting = [item for item in tuple(w.inflight) if not item.settled]
+            if waiting:
+                running += 1
+                prefetched += len(waiting) - 1
+        queued = len(self._pending) + len(self._retry) + prefetched
         return Stats.of(self.counters, tuple(rows), queued, running)
 
     @property
@@ -393,6 +434,9 @@ class Pool:
         return items
 
     def _wake(self) -> None:
+        if self._woken:
+            return
+        self._woken = True
         try:
             os.write(self._wake_w, b"\0")
         except (BlockingIOError, OSError):  # already awake, or closed after shutdown
@@ -426,21 +470,16 @@ class Pool:
                 return False
             self._retire_idle_for_shutdown()
         self._start_workers()  # also after shutdown(): queued work still runs
-        objects: list[Any] = [self._wake_r]
-        objects += [w.conn for w in self._workers.values() if w.conn_open]
-        objects += list(self._workers)
-        ready = wait(objects, self._until_next_deadline())
+        events = self._selector.select(self._until_next_deadline())
         dead = []
-        for obj in ready:
-            if obj == self._wake_r:
+        for key, _ in events:
+            if key.data is None:
                 self._drain_wake()
-            elif isinstance(obj, Connection):
-                worker = self._by_conn.get(obj)
-                if worker is not None:
+            else:
+                worker, is_conn = key.data
+                if is_conn:
                     self._receive(worker)
-            elif isinstance(obj, int):
-                worker = self._workers.get(obj)
-                if worker is not None:
+                else:
                     dead.append(worker)
         for worker in dead:
             self._reap(worker)
@@ -456,6 +495,9 @@ class Pool:
                 pass
         except BlockingIOError:
             pass
+        # After draining: a caller that still saw True queued its work before this
+        # point, and the loop looks at the queues next; from now on callers write again.
+        self._woken = False
 
     def _until_next_deadline(self) -> float | None:
         if not self._deadlines:
@@ -475,7 +517,7 @@ class Pool:
 
     def _deadline_live(self, kind: int, a: Any, b: Any) -> bool:
         if kind == _TIMEOUT:
-            return a.item is not None and a.task_no == b
+            return a.head is not None and a.head.no == b
         if kind in (_EXIT_WAIT, _IDLE, _START):
             return self._workers.get(a.sentinel) is a
         return True  # _KILL (a short grace) and _WAKE
@@ -494,44 +536,117 @@ class Pool:
                 return item
             self.counters.cancelled += 1
 
+    def _peek(self) -> WorkItem | None:
+        if self._retry:
+            return self._retry[0]
+        with self._lock:
+            return self._pending[0] if self._pending else None
+
     def _dispatch(self) -> None:
+        """Send waiting tasks: one to each idle worker, then prefetch short ones.
+
+        Prefetch keeps a few short tasks waiting in a busy worker's pipe, so it
+        goes from one to the next without waiting for the parent. It is only
+        for tasks that recently took under ``_PREFETCH_BELOW`` seconds, with no
+        timeout, behind a head with no timeout, and small payloads, so a long
+        task never holds up short ones for long, a timeout's kill never hits a
+        task that was waiting, and a write to a busy worker never blocks.
+        """
+        if not (self._pending or self._retry):
+            return
+        batches: dict[_Worker, list[bytes]] = {}
         while self._idle:
             item = self._next_item()
             if item is None:
-                return
-            worker = self._idle.pop()
+                break
+            self._assign(self._idle.pop(), item, batches)
+        if self._avg_seconds < _PREFETCH_BELOW and (self._pending or self._retry):
+            self._prefetch(batches)
+        for worker, frames in batches.items():
             try:
-                worker.conn.send_bytes(item.payload)
-            except OSError:  # it died while idle; its pidfd will say so
-                worker.conn_open = False
-                worker.state = RETIRING
-                self._retry.appendleft(item)
-                continue
-            item.payload = b""  # sent: the worker has it now
+                _transport.write_all(worker.conn.fileno(), b"".join(frames))
+            except OSError:
+                # It died; its pidfd will say so, and the counter it shares says
+                # which of these tasks (if any) it started: the rest are re-sent.
+                self._conn_lost(worker)
+
+    def _prefetch(self, batches: dict[_Worker, list[bytes]]) -> None:
+        depth = min(_PREFETCH_MAX, max(2, int(_PREFETCH_WORTH / max(self._avg_seconds, 1e-6))))
+        takers = [
+            w for w in self._workers.values()
+            if w.state == BUSY and not w.closing and w.conn_open
+            and len(w.inflight) < depth and w.inflight[0].timeout is None
+        ]
+        while takers:
+            for worker in list(takers):
+                peeked = self._peek()
+                if peeked is None or peeked.timeout is not None or (
+                    len(peeked.payload) > _PREFETCH_PAYLOAD
+                ):
+                    return  # in order: what comes next waits for an idle worker
+                item = self._next_item()
+                if item is None:
+                    return
+                self._assign(worker, item, batches)
+                if len(worker.inflight) >= depth or worker.closing:
+                    takers.remove(worker)
+
+    def _assign(self, worker: _Worker, item: WorkItem, batches: dict[_Worker, list[bytes]]) -> None:
+        """Queue ``item`` for ``worker`` (written by ``_dispatch``); it is RUNNING from now on."""
+        worker.sent += 1
+        item.no = worker.sent
+        worker.inflight.append(item)
+        frames = batches.setdefault(worker, [])
+        frames.append(_transport.frame(item.payload))
+        if len(item.payload) > _PREFETCH_PAYLOAD:
+            # The worker has it now; a large payload is not kept alive while it runs.
+            # (A small one is kept, to re-send if the worker dies before starting it.)
+            item.payload = b""
+        if len(worker.inflight) == 1:
             worker.state = BUSY
-            worker.item = item
             worker.logged = False
-            worker.task_no += 1
-            if item.timeout is not None:
-                # The deadline names the dispatch, not the item: a task that finishes
-                # early leaves a stale entry that must not keep its future and result.
-                self._push_deadline(
-                    time.monotonic() + item.timeout, _TIMEOUT, worker, worker.task_no
-                )
+            self._arm_timeout(worker, item)
+        if self._max_tasks is not None and worker.sent >= self._max_tasks:
+            # Its last task: EXIT goes right behind it, so it exits without a round trip.
+            frames.append(_transport.frame(_transport.EXIT))
+            worker.closing = True
+
+    def _arm_timeout(self, worker: _Worker, item: WorkItem) -> None:
+        """Start ``item``'s timeout now that it is its worker's head (it starts running)."""
+        if item.timeout is not None:
+            # The deadline names the task's number, not the item: a task that finishes
+            # early leaves a stale entry that must not keep its future and result.
+            self._push_deadline(time.monotonic() + item.timeout, _TIMEOUT, worker, item.no)
 
     def _start_workers(self) -> None:
         """Start workers on demand: as many as waiting work needs, up to max_workers.
 
-        Workers still exiting (retiring or being killed) count toward
-        max_workers until they are gone, so there are never more worker
-        processes, nor more of their connections, than max_workers allows.
+        With resources or an initializer (which may hold connections), workers
+        still exiting (retiring or being killed) count toward max_workers until
+        they are gone, so there are never more worker processes, nor more of
+        their connections, than max_workers allows. Without either, a worker
+        that takes no more work (its last task before recycling is sent, or it
+        is being killed) does not hold its place: its replacement starts at
+        once, so recycling and timeouts cost no idle time. At most
+        2 × max_workers processes exist even then.
         """
-        starting = sum(1 for w in self._workers.values() if w.state == STARTING)
-        self._healthy = sum(1 for w in self._workers.values() if w.state in (IDLE, BUSY))
+        starting = 0
+        taking_work = 0  # workers that will run queued work: not exiting, not closing
+        self._healthy = 0
+        for w in self._workers.values():
+            starting += w.state == STARTING
+            self._healthy += w.state in (IDLE, BUSY)
+            taking_work += w.state in (STARTING, IDLE) or (w.state == BUSY and not w.closing)
         need = len(self._pending) + len(self._retry) - len(self._idle) - starting
-        if need > 0 and time.monotonic() < self._retry_at:
+        if need <= 0:
+            return
+        if time.monotonic() < self._retry_at:
             return  # backing off after a resource setup failure; a _WAKE deadline is set
-        for _ in range(min(need, self.max_workers - len(self._workers))):
+        if self._early_replacement:
+            room = min(self.max_workers - taking_work, 2 * self.max_workers - len(self._workers))
+        else:
+            room = self.max_workers - len(self._workers)
+        for _ in range(min(need, room)):
             if not self._start_worker():
                 return
 
@@ -542,14 +657,16 @@ class Pool:
             inherited = [self._lifeline_w.fileno(), self._wake_r, self._wake_w,
                          parent_conn.fileno()]
         try:
+            preload_in_forkserver(self.context)
             _block_sigint_for_children(self.context)
             log_config = bridge_config(self._log_target) if self._logs is not None else None
+            started_no = self.context.RawValue("Q", 0)
             with keep_global_start_method_unset():
                 process = start_process(
                     self.context, "safepool-worker", worker_main,
                     child_conn, self._lifeline_r, inherited,
-                    self._initializer, self._initargs, self._max_memory is not None,
-                    self._resources, log_config,
+                    self._initializer, self._initargs, self._max_memory,
+                    self._resources, log_config, started_no,
                 )
         except Exception as exc:
             parent_conn.close()
@@ -558,25 +675,38 @@ class Pool:
             return False
         finally:
             child_conn.close()
-        worker = _Worker(process, parent_conn)
+        worker = _Worker(process, parent_conn, started_no)
         self._workers[worker.sentinel] = worker
-        self._by_conn[parent_conn] = worker
+        self._selector.register(parent_conn.fileno(), selectors.EVENT_READ, (worker, True))
+        self._selector.register(worker.sentinel, selectors.EVENT_READ, (worker, False))
         self._push_deadline(time.monotonic() + self._start_timeout, _START, worker)
         return True
 
     # ----------------------------------------------------------------- replies
 
     def _receive(self, worker: _Worker) -> None:
+        """Read what ``worker`` sent (several messages at once if they are waiting)."""
         try:
-            data = worker.conn.recv_bytes()
-        except (EOFError, OSError):
+            alive = worker.reader.fill()
+        except OSError:
+            alive = False
+        for data in worker.reader.take():
+            self._handle(worker, data)
+        if not alive:
             # It is exiting. A dying process's files close before its pidfd
             # fires, so take an idle worker out of rotation now, not then.
-            worker.conn_open = False
-            if worker.state == IDLE:
-                self._idle.remove(worker)
-                worker.state = RETIRING
+            self._conn_lost(worker)
+
+    def _conn_lost(self, worker: _Worker) -> None:
+        if not worker.conn_open:
             return
+        worker.conn_open = False
+        self._selector.unregister(worker.conn.fileno())
+        if worker.state == IDLE:
+            self._idle.remove(worker)
+            worker.state = RETIRING
+
+    def _handle(self, worker: _Worker, data: bytes) -> None:
         try:
             message = pickle.loads(data)
         except Exception as exc:
@@ -586,7 +716,7 @@ class Pool:
         if kind == _transport.LOG:
             if self._logs is not None:
                 self._logs.record(message[1])
-                worker.logged = worker.item is not None
+                worker.logged = bool(worker.inflight)
             return
         if worker.state == STARTING:
             if kind == _transport.READY:
@@ -599,14 +729,14 @@ class Pool:
             elif kind == _transport.SETUP_ERR:
                 self._on_setup_error(worker, message)
             return
-        item, worker.item = worker.item, None
-        if item is None:  # stopped or timed out already, or a late READY
+        if not worker.inflight:  # stopped or timed out already, or a late READY
             return
+        item = worker.inflight.popleft()
         if kind == _transport.OK:
             self.counters.completed += 1
             self._resolve(worker, _set_result, item.future, message[1])
         else:
-            _, exc_bytes, type_name, text, tb_text, _rss = message
+            _, exc_bytes, type_name, text, tb_text, _trailer = message
             error = _transport.decode_error(exc_bytes, type_name, text, tb_text, worker.pid)
             self.counters.failed += 1
             self._resolve(worker, _set_exception, item.future, error)
@@ -627,33 +757,60 @@ class Pool:
             setter(future, value)
 
     def _on_undecodable_reply(self, worker: _Worker, exc: Exception) -> None:
-        item, worker.item = worker.item, None
-        if item is not None:
+        item = worker.inflight.popleft() if worker.inflight else None
+        if item is not None and not item.settled:
             error = PicklingError(
                 "result", "unknown", f"it could not be unpickled in the parent: {exc}"
             )
             error.__cause__ = exc
             self.counters.failed += 1
             self._resolve(worker, _set_exception, item.future, error)
-            self._after_task(worker, (0, None))
+            self._after_task(worker, (0, None, 0.0))
 
-    def _after_task(self, worker: _Worker, trailer: tuple[int, str | None]) -> None:
+    def _after_task(self, worker: _Worker, trailer: tuple[int, str | None, float]) -> None:
         worker.tasks += 1
+        rss, poison, seconds = trailer
+        if self._avg_seconds == math.inf:
+            self._avg_seconds = seconds
+        else:
+            self._avg_seconds += (seconds - self._avg_seconds) * _AVERAGE_WEIGHT
         if worker.state != BUSY:
             return
-        rss, poison = trailer
-        too_many = self._max_tasks is not None and worker.tasks >= self._max_tasks
         too_big = self._max_memory is not None and rss > self._max_memory
+        if too_big or poison is not None:
+            # It exits by itself after this reply (see _worker): what waits in its
+            # pipe never starts, and goes back to the front of the queue.
+            if not self._shutdown:
+                self.counters.recycled["poisoned" if poison is not None else "memory"] += 1
+            self._requeue_waiting(worker)
+            self._retire(worker, tell=False)
+            return
+        head = worker.head
+        if head is not None:  # the next task in its pipe is running now
+            worker.logged = False
+            if head.settled:  # stopped while it waited: stop it as it starts
+                self._kill(worker)
+            else:
+                self._arm_timeout(worker, head)
+            return
+        if worker.closing:  # EXIT was right behind its last task
+            if not self._shutdown:
+                self.counters.recycled["count"] += 1
+            self._retire(worker, tell=False)
+            return
         # After shutdown() a worker stays while queued work remains: one process per
         # queued task would be slow (and teardown/setup for each).
-        draining = self._shutdown and not self._pending and not self._retry
-        if too_many or too_big or poison is not None or draining:
-            if not self._shutdown:
-                reason = "poisoned" if poison is not None else "memory" if too_big else "count"
-                self.counters.recycled[reason] += 1
+        if self._shutdown and not self._pending and not self._retry:
             self._retire(worker)
         else:
             self._make_idle(worker)
+
+    def _requeue_waiting(self, worker: _Worker) -> None:
+        """Put tasks that waited in a worker's pipe and never started back at the queue's front."""
+        for item in reversed(worker.inflight):
+            if not item.settled:
+                self._retry.appendleft(item)
+        worker.inflight.clear()
 
     def _make_idle(self, worker: _Worker) -> None:
         worker.state = IDLE
@@ -665,17 +822,20 @@ class Pool:
                 worker.idle_armed = True
                 self._push_deadline(worker.idle_since + self._idle_timeout, _IDLE, worker)
 
-    def _retire(self, worker: _Worker, within: float | None = None) -> None:
+    def _retire(self, worker: _Worker, within: float | None = None, tell: bool = True) -> None:
         """Ask a worker to exit cleanly (teardown runs); kill it if it takes longer than
-        ``within`` seconds (default ``exit_timeout``)."""
+        ``within`` seconds (default ``exit_timeout``). ``tell=False``: it is exiting
+        already (EXIT is in its pipe, or it exits by itself)."""
         if worker in self._idle:
             self._idle.remove(worker)
         worker.state = RETIRING
         worker.planned = True
-        try:
-            worker.conn.send_bytes(_transport.EXIT)
-        except OSError:
-            worker.conn_open = False
+        if tell and not worker.closing and worker.conn_open:
+            worker.closing = True
+            try:
+                _transport.write_all(worker.conn.fileno(), _transport.frame(_transport.EXIT))
+            except OSError:
+                self._conn_lost(worker)
         wait = self._exit_timeout if within is None else within
         self._push_deadline(time.monotonic() + wait, _EXIT_WAIT, worker)
 
@@ -689,18 +849,35 @@ class Pool:
     # ------------------------------------------------------------------ deaths
 
     def _reap(self, worker: _Worker) -> None:
-        while worker.conn_open and worker.conn.poll():  # read what it said before dying
+        # Everything it wrote before dying is in the pipe: read it all first.
+        while worker.conn_open and worker.conn.poll():
             self._receive(worker)
         worker.process.join(1.0)
         exitcode = worker.process.exitcode
         if worker.ready and not worker.planned and not self._shutdown:
             self.counters.recycled["crash"] += 1
-        item, worker.item = worker.item, None
-        if item is not None:
-            self.counters.crashed += 1
-            self._resolve(worker, _set_exception, item.future,
-                          WorkerCrashedError(worker.pid, exitcode))
-        elif worker.state == STARTING and not self._shutdown:
+        # The counter it shared says which of the tasks left in its pipe it had
+        # started: that one was running when it died, the others never started.
+        started = worker.started_no.value
+        unstarted: list[WorkItem] = []
+        for item in worker.inflight:
+            if item.settled:
+                continue
+            if item.no > started and item.payload:
+                unstarted.append(item)
+            elif worker.killed_for is not None:  # it started just as the parent stopped it
+                self.counters.stopped += 1
+                why = (f"{worker.killed_for}; this task had just started on the same worker "
+                       "when the worker was stopped")
+                self._resolve(worker, _set_exception, item.future,
+                              TaskStoppedError(why, worker.pid))
+            else:
+                self.counters.crashed += 1
+                self._resolve(worker, _set_exception, item.future,
+                              WorkerCrashedError(worker.pid, exitcode))
+        worker.inflight.clear()
+        self._retry.extendleft(reversed(unstarted))
+        if worker.state == STARTING and not self._shutdown:
             self._boot_failures += 1
             self._last_boot_failure = f"worker pid {worker.pid} {describe_exitcode(exitcode)}"
             if self._boot_failures >= _MAX_BOOT_FAILURES:
@@ -715,7 +892,8 @@ class Pool:
 
     def _forget(self, worker: _Worker) -> None:
         self._workers.pop(worker.sentinel, None)
-        self._by_conn.pop(worker.conn, None)
+        self._conn_lost(worker)
+        self._selector.unregister(worker.sentinel)
         if worker in self._idle:
             self._idle.remove(worker)
         worker.conn.close()
@@ -733,9 +911,9 @@ class Pool:
         while self._deadlines and self._deadlines[0][0] <= now:
             _, _, kind, a, b = heapq.heappop(self._deadlines)
             if kind == _TIMEOUT:
-                item = a.item
-                if item is not None and a.task_no == b and a.state == BUSY:
-                    a.item = None
+                item = a.head
+                if item is not None and item.no == b and a.state == BUSY:
+                    item.settled = True
                     self.counters.timed_out += 1
                     self.counters.recycled["timeout"] += 1
                     self._resolve(
@@ -789,9 +967,16 @@ class Pool:
 
     def _stop_one(self, future: SafeFuture[Any], reason: str) -> bool:
         for worker in list(self._workers.values()):
-            if worker.item is not None and worker.item.future is future and worker.state == BUSY:
-                self._stop_busy(worker, reason)
+            if worker.state != BUSY:
+                continue
+            for position, item in enumerate(worker.inflight):
+                if item.future is not future or item.settled:
+                    continue
                 self.counters.recycled["stopped"] += 1
+                if position == 0:
+                    self._stop_busy(worker, reason, everything=False)
+                else:  # waiting in the pipe: it fails now; its worker is stopped as it starts
+                    self._settle_stopped(worker, item, reason)
                 return True
         for item in self._retry:
             if item.future is future:
@@ -800,16 +985,23 @@ class Pool:
                 return True
         return False
 
-    def _stop_busy(self, worker: _Worker, reason: str) -> None:
-        """Fail a running task with TaskStoppedError and kill its worker's tree."""
-        item, worker.item = worker.item, None
-        assert item is not None
+    def _settle_stopped(self, worker: _Worker, item: WorkItem, reason: str) -> None:
+        item.settled = True
         self.counters.stopped += 1
         self._resolve(worker, _set_exception, item.future, TaskStoppedError(reason, worker.pid))
+
+    def _stop_busy(self, worker: _Worker, reason: str, everything: bool = True) -> None:
+        """Fail a worker's running task (and, if ``everything``, those waiting in its
+        pipe) with TaskStoppedError, and kill its tree. Tasks that waited and are not
+        failed go back to the queue (see ``_reap``)."""
+        for item in list(worker.inflight) if everything else [worker.inflight[0]]:
+            if not item.settled:
+                self._settle_stopped(worker, item, reason)
+        worker.killed_for = reason
         self._kill(worker)
 
     def _stop_unsent(self, item: WorkItem, reason: str) -> None:
-        """Fail a started task whose send failed (waiting to be re-sent)."""
+        """Fail a started task waiting to be re-sent."""
         self.counters.stopped += 1
         _set_exception(item.future, TaskStoppedError(reason))
 
@@ -820,7 +1012,7 @@ class Pool:
             self._stop_unsent(item, reason)
         self._retry.clear()
         for worker in list(self._workers.values()):
-            if worker.state == BUSY and worker.item is not None:
+            if worker.state == BUSY and worker.inflight:
                 self._stop_busy(worker, reason)
             elif worker.state in (IDLE, STARTING):
                 self._retire(worker, within=self._kill_grace)  # a stop: teardown gets kill_grace
@@ -911,8 +1103,9 @@ class Pool:
             self._shutdown = True
         self._fail_waiting(make)
         for worker in list(self._workers.values()):
-            if worker.item is not None:
-                _set_exception(worker.item.future, make())
+            for item in worker.inflight:
+                _set_exception(item.future, make())
+            worker.inflight.clear()
             ProcessTree(worker.pid).signal(signal.SIGKILL)
 
     def _close(self) -> None:
@@ -929,6 +1122,7 @@ class Pool:
         self._wake_r = self._wake_w = -1
         self._lifeline_r.close()
         self._lifeline_w.close()
+        self._selector.close()
         _live_pools.discard(self)
 
 

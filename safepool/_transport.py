@@ -1,18 +1,26 @@
 """What crosses the pipes between the parent and a worker, and how it is checked.
 
+Messages are framed as ``multiprocessing.connection.Connection`` frames them
+(a 4-byte big-endian length, then the bytes), so either end may use a
+``Connection`` or the buffered [`FrameReader`][] and [`frame`][] below, which
+read many messages with one system call and write many with one.
+
 Parent -> worker: one message per task, the pickled ``(fn, args, kwargs)``
 made by ``dumps_call()`` in the thread that called ``submit``; an empty
-message asks the worker to exit.
+message asks the worker to exit. Several tasks may wait in a worker's pipe
+(prefetch, see ``_manager``); the worker runs them strictly in order.
 
 Worker -> parent: one pickled tuple per event, first item the kind:
 
 * ``(READY,)`` once the worker has started and its initializer succeeded;
-* ``(OK, result, (rss, poison))`` after a task returned;
-* ``(ERR, exc_bytes, type_name, message, traceback_text, (rss, poison))``
+* ``(OK, result, (rss, poison, seconds))`` after a task returned;
+* ``(ERR, exc_bytes, type_name, message, traceback_text, (rss, poison, seconds))``
   after a task raised; ``exc_bytes`` is pickled separately so the parent can
   fall back to a [`RemoteError`][safepool.RemoteError] if it cannot rebuild
   the exception. ``rss`` is the worker's memory after the task (0 when not
-  measured) and ``poison`` why the worker must be recycled, or ``None``;
+  measured), ``poison`` why the worker must be recycled (it then exits after
+  this reply without reading another task), or ``None``, and ``seconds`` how
+  long the task ran;
 * ``(INIT_ERR, ..., None)`` when the initializer failed, and
   ``(SETUP_ERR, ..., resource_name)`` when a resource's setup failed;
 * ``(LOG, record_dict)`` for each log record the worker's logging bridge
@@ -25,7 +33,9 @@ that task's future and never desynchronises the pipe.
 
 from __future__ import annotations
 
+import os
 import pickle
+import struct
 import traceback
 from collections.abc import Callable, Mapping
 from multiprocessing.reduction import ForkingPickler
@@ -42,11 +52,14 @@ __all__ = [
     "OK",
     "READY",
     "SETUP_ERR",
+    "FrameReader",
     "check_initargs",
     "decode_error",
     "dumps_call",
     "encode_error",
     "encode_result",
+    "frame",
+    "write_all",
 ]
 
 READY, OK, ERR, INIT_ERR, SETUP_ERR, LOG = 0, 1, 2, 3, 4, 5
@@ -59,6 +72,97 @@ _PROTOCOL = pickle.HIGHEST_PROTOCOL
 # pickle local object"), RecursionError, even ValueError. Treat all as "cannot
 # be pickled".
 _PICKLE_FAILURES = (Exception,)
+
+
+_LENGTH = struct.Struct("!i")
+_LONG_LENGTH = struct.Struct("!Q")
+#: Bytes asked of the OS per read; a longer message is read in one go once its length is known.
+_READ_SIZE = 1 << 18
+
+
+def frame(data: bytes) -> bytes:
+    """``data`` framed as ``Connection.send_bytes`` frames it."""
+    if len(data) > 0x7FFFFFFF:
+        return _LENGTH.pack(-1) + _LONG_LENGTH.pack(len(data)) + data
+    return _LENGTH.pack(len(data)) + data
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to a blocking ``fd`` (``OSError`` if the other end is gone)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class FrameReader:
+    """Reads framed messages from a file descriptor, as many per system call as are waiting."""
+
+    __slots__ = ("_buf", "_fd", "_need")
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buf = bytearray()
+        self._need = 0  # bytes the message being read still lacks, when known
+
+    def fill(self) -> bool:
+        """One ``read`` of what is waiting (blocks if nothing is); False at EOF."""
+        data = os.read(self._fd, max(_READ_SIZE, self._need))
+        if not data:
+            return False
+        self._buf += data
+        return True
+
+    def take(self) -> list[bytes]:
+        """Every complete message in the buffer, in order."""
+        buf, pos, out = self._buf, 0, []
+        end = len(buf)
+        while end - pos >= 4:
+            (size,) = _LENGTH.unpack_from(buf, pos)
+            start = pos + 4
+            if size == -1:
+                if end - start < 8:
+                    break
+                (size,) = _LONG_LENGTH.unpack_from(buf, start)
+                start += 8
+            if end - start < size:
+                self._need = start + size - end
+                break
+            out.append(bytes(buf[start:start + size]))
+            pos = start + size
+        else:
+            self._need = 0
+        if pos:
+            del buf[:pos]
+        return out
+
+    def next(self) -> bytes | None:
+        """The next message, reading as needed; None at EOF."""
+        while True:
+            message = self.take_one()
+            if message is not None:
+                return message
+            if not self.fill():
+                return None
+
+    def take_one(self) -> bytes | None:
+        """The first complete message in the buffer, if there is one."""
+        buf = self._buf
+        if len(buf) < 4:
+            return None
+        (size,) = _LENGTH.unpack_from(buf, 0)
+        start = 4
+        if size == -1:
+            if len(buf) < 12:
+                return None
+            (size,) = _LONG_LENGTH.unpack_from(buf, 4)
+            start = 12
+        if len(buf) - start < size:
+            self._need = start + size - len(buf)
+            return None
+        self._need = 0
+        message = bytes(buf[start:start + size])
+        del buf[:start + size]
+        return message
 
 
 def _dumps(obj: Any) -> bytes:

@@ -14,9 +14,13 @@ A worker:
    exits at once, even in the middle of a task;
 4. runs the stdlib-style ``initializer`` and sets up its resources (in
    dependency order), then says READY;
-5. loops: read a task, run it between the resources' ``before`` and ``after``
-   hooks, send exactly one reply; an empty message (or EOF) ends the loop, the
-   resources are torn down and the worker exits normally.
+5. loops: read a task, note its number in the shared ``started`` counter
+   (so the parent knows, even after killing this process, which of the tasks
+   waiting in the pipe had started), run it between the resources' ``before``
+   and ``after`` hooks, send exactly one reply; an empty message (or EOF) ends
+   the loop, the resources are torn down and the worker exits normally. So
+   does a task that poisoned the worker or left it above the memory limit:
+   the worker exits right after that task's reply and reads no other task.
 
 Everything the worker sends goes through one lock, since the logging bridge
 may send from any of the task's threads while the main thread replies.
@@ -28,6 +32,7 @@ import os
 import pickle
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.connection import Connection
@@ -106,9 +111,10 @@ def worker_main(
     inherited_fds: Iterable[int],
     initializer: Callable[..., object] | None,
     initargs: tuple[Any, ...],
-    measure_rss: bool,
+    max_memory: int | None,
     resources: tuple[Resource[Any], ...] = (),
     log_config: BridgeConfig | None = None,
+    started: Any = None,
 ) -> None:
     """Entry point of a worker process (the ``target`` of its ``Process``)."""
     _quiet_signals()
@@ -140,7 +146,7 @@ def worker_main(
             return
     send(pickle.dumps((_transport.READY,)))
     try:
-        _serve(conn, send, runtime, measure_rss)
+        _serve(conn, send, runtime, max_memory, started)
     finally:
         if runtime is not None:
             runtime.teardown()
@@ -150,27 +156,40 @@ def _serve(
     conn: Connection,
     send: Callable[[bytes], None],
     runtime: WorkerResources | None,
-    measure_rss: bool,
+    max_memory: int | None,
+    started: Any,
 ) -> None:
-    """Run tasks until the parent sends EXIT or goes away."""
+    """Run tasks until the parent sends EXIT or goes away, or this worker must be recycled."""
     rss_of: Callable[[], int] = lambda: 0  # noqa: E731
-    if measure_rss:
+    if max_memory is not None:
         import psutil
 
         me = psutil.Process()
         rss_of = lambda: me.memory_info().rss  # noqa: E731
 
+    reader = _transport.FrameReader(conn.fileno())
+    number = 0
     while True:
         try:
-            data = conn.recv_bytes()
-        except (EOFError, OSError):
+            data = reader.next()
+        except OSError:
             return
-        if data == _transport.EXIT:
+        if not data:  # EXIT, or EOF: the parent is gone
             return
-        send(_run_task(data, rss_of, runtime))
+        number += 1
+        if started is not None:
+            started.value = number  # before anything of the task runs
+        reply, rss, poison = _run_task(data, rss_of, runtime)
+        send(reply)
+        if poison is not None or (max_memory is not None and rss > max_memory):
+            return  # the parent saw why in the reply; tasks behind this one never start
 
 
-def _run_task(data: bytes, rss_of: Callable[[], int], runtime: WorkerResources | None) -> bytes:
+def _run_task(
+    data: bytes, rss_of: Callable[[], int], runtime: WorkerResources | None
+) -> tuple[bytes, int, str | None]:
+    """Run one task; its reply, the worker's RSS after it, and why it poisoned the worker."""
+    began = time.perf_counter()
     try:
         fn, args, kwargs = pickle.loads(data)
         if runtime is not None:
@@ -182,7 +201,11 @@ def _run_task(data: bytes, rss_of: Callable[[], int], runtime: WorkerResources |
         tb = exc.__traceback__
         # Start the child traceback at the task's own frame, not at this one.
         tb_text = "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
-        return _transport.encode_error(exc, (rss_of(), take_poison()), tb_text=tb_text)
+        rss, poison = rss_of(), take_poison()
+        trailer = (rss, poison, time.perf_counter() - began)
+        return _transport.encode_error(exc, trailer, tb_text=tb_text), rss, poison
     if runtime is not None:
         runtime.after_task(Outcome(result=result))
-    return _transport.encode_result(result, (rss_of(), take_poison()))
+    rss, poison = rss_of(), take_poison()
+    trailer = (rss, poison, time.perf_counter() - began)
+    return _transport.encode_result(result, trailer), rss, poison
