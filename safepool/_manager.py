@@ -74,6 +74,7 @@ from safepool._errors import (
 )
 from safepool._future import SafeFuture, report_unretrieved
 from safepool._logbridge import LogDispatcher, bridge_config
+from safepool._marks import Marks
 from safepool._pebble import start_process
 from safepool._proctree import ProcessTree
 from safepool._resources import Resource
@@ -129,11 +130,11 @@ class _StopRequest:
 class _Worker:
     __slots__ = (
         "closing", "conn", "conn_open", "idle_armed", "idle_since", "inflight", "killed_for",
-        "logged", "pid", "planned", "process", "ps", "reader", "ready", "sent", "sentinel",
-        "started", "started_no", "state", "tasks",
+        "logged", "marks", "pid", "planned", "process", "ps", "reader", "ready", "sent", "sentinel",
+        "started", "state", "tasks",
     )
 
-    def __init__(self, process: BaseProcess, conn: Connection, started_no: Any) -> None:
+    def __init__(self, process: BaseProcess, conn: Connection, marks: Marks) -> None:
         self.process = process
         self.pid: int = process.pid or 0
         self.conn = conn
@@ -144,7 +145,9 @@ class _Worker:
         # first (the head) is running; the others wait in the pipe (prefetch).
         self.inflight: deque[WorkItem] = deque()
         self.sent = 0  # tasks sent to it; each WorkItem.no is this count at its sending
-        self.started_no = started_no  # shared with the worker: the number of its latest task
+        # Shared with the worker: [0] the number of the task it started last; the
+        # other slots mark tasks stopped while they wait in its pipe (it skips them).
+        self.marks = marks
         self.closing = False  # EXIT is in its pipe, behind its last task
         self.killed_for: str | None = None  # why the parent stopped it (stop_task, stop())
         self.tasks = 0
@@ -628,7 +631,7 @@ class Pool:
         that takes no more work (its last task before recycling is sent, or it
         is being killed) does not hold its place: its replacement starts at
         once, so recycling and timeouts cost no idle time. At most
-        2 × max_workers processes exist even then.
+        twice max_workers processes exist even then.
         """
         starting = 0
         taking_work = 0  # workers that will run queued work: not exiting, not closing
@@ -656,26 +659,28 @@ class Pool:
         if self.context.get_start_method() == "fork":
             inherited = [self._lifeline_w.fileno(), self._wake_r, self._wake_w,
                          parent_conn.fileno()]
+        marks = Marks(1 + _transport.MARK_SLOTS)
         try:
             preload_in_forkserver(self.context)
             _block_sigint_for_children(self.context)
             log_config = bridge_config(self._log_target) if self._logs is not None else None
-            started_no = self.context.RawValue("Q", 0)
             with keep_global_start_method_unset():
                 process = start_process(
                     self.context, "safepool-worker", worker_main,
                     child_conn, self._lifeline_r, inherited,
                     self._initializer, self._initargs, self._max_memory,
-                    self._resources, log_config, started_no,
+                    self._resources, log_config, marks,
                 )
         except Exception as exc:
             parent_conn.close()
+            marks.sent()
             message = f"could not start a worker process: {type(exc).__name__}: {exc}"
             self._break(lambda: InitializerError(message), cause=exc)
             return False
         finally:
             child_conn.close()
-        worker = _Worker(process, parent_conn, started_no)
+        marks.sent()
+        worker = _Worker(process, parent_conn, marks)
         self._workers[worker.sentinel] = worker
         self._selector.register(parent_conn.fileno(), selectors.EVENT_READ, (worker, True))
         self._selector.register(worker.sentinel, selectors.EVENT_READ, (worker, False))
@@ -729,9 +734,17 @@ class Pool:
             elif kind == _transport.SETUP_ERR:
                 self._on_setup_error(worker, message)
             return
-        if not worker.inflight:  # stopped or timed out already, or a late READY
+        if not worker.inflight:  # a late READY
             return
         item = worker.inflight.popleft()
+        if kind == _transport.SKIPPED:  # it never started this one
+            if not item.settled:
+                self._retry.appendleft(item)
+            if worker.state == BUSY:
+                self._carry_on(worker)
+            return
+        if item.settled:  # timed out or stopped already; the reply raced the kill
+            return
         if kind == _transport.OK:
             self.counters.completed += 1
             self._resolve(worker, _set_result, item.future, message[1])
@@ -785,12 +798,14 @@ class Pool:
             self._requeue_waiting(worker)
             self._retire(worker, tell=False)
             return
+        self._carry_on(worker)
+
+    def _carry_on(self, worker: _Worker) -> None:
+        """A busy worker finished (or skipped) its head task: it runs the next, or is free."""
         head = worker.head
         if head is not None:  # the next task in its pipe is running now
             worker.logged = False
-            if head.settled:  # stopped while it waited: stop it as it starts
-                self._kill(worker)
-            else:
+            if not head.settled:  # (a settled one it skips: it was marked)
                 self._arm_timeout(worker, head)
             return
         if worker.closing:  # EXIT was right behind its last task
@@ -858,7 +873,7 @@ class Pool:
             self.counters.recycled["crash"] += 1
         # The counter it shared says which of the tasks left in its pipe it had
         # started: that one was running when it died, the others never started.
-        started = worker.started_no.value
+        started = worker.marks[0]
         unstarted: list[WorkItem] = []
         for item in worker.inflight:
             if item.settled:
@@ -897,6 +912,7 @@ class Pool:
         if worker in self._idle:
             self._idle.remove(worker)
         worker.conn.close()
+        worker.marks.close()
         if worker.sentinel != worker.process.sentinel:
             os.close(worker.sentinel)
         try:
@@ -972,11 +988,21 @@ class Pool:
             for position, item in enumerate(worker.inflight):
                 if item.future is not future or item.settled:
                     continue
-                self.counters.recycled["stopped"] += 1
                 if position == 0:
+                    if worker.marks[0] > item.no:
+                        return False  # it finished: its reply is on the way
+                    self.counters.recycled["stopped"] += 1
                     self._stop_busy(worker, reason, everything=False)
-                else:  # waiting in the pipe: it fails now; its worker is stopped as it starts
-                    self._settle_stopped(worker, item, reason)
+                    return True
+                # Waiting in the pipe: mark it, and the worker skips it. If the worker
+                # had started it already, it is running: stop the worker.
+                worker.marks[1 + item.no % _transport.MARK_SLOTS] = item.no
+                self._settle_stopped(worker, item, reason)
+                if worker.marks[0] >= item.no:
+                    self.counters.recycled["stopped"] += 1
+                    self._halt_waiting(worker)
+                    worker.killed_for = reason
+                    self._kill(worker)
                 return True
         for item in self._retry:
             if item.future is future:
@@ -997,8 +1023,16 @@ class Pool:
         for item in list(worker.inflight) if everything else [worker.inflight[0]]:
             if not item.settled:
                 self._settle_stopped(worker, item, reason)
+        self._halt_waiting(worker)
         worker.killed_for = reason
         self._kill(worker)
+
+    def _halt_waiting(self, worker: _Worker) -> None:
+        """Mark every task waiting in a worker's pipe, so that if the worker gets to
+        one before the signal that stops it arrives, it skips it. After the worker is
+        gone, those it never started go back to the queue (``_reap``)."""
+        for item in list(worker.inflight)[1:]:
+            worker.marks[1 + item.no % _transport.MARK_SLOTS] = item.no
 
     def _stop_unsent(self, item: WorkItem, reason: str) -> None:
         """Fail a started task waiting to be re-sent."""

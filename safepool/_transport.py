@@ -21,6 +21,8 @@ Worker -> parent: one pickled tuple per event, first item the kind:
   measured), ``poison`` why the worker must be recycled (it then exits after
   this reply without reading another task), or ``None``, and ``seconds`` how
   long the task ran;
+* ``(SKIPPED,)`` for a task the parent stopped while it waited in the pipe
+  (the parent marked its number in the shared ``marks``, see ``_worker``);
 * ``(INIT_ERR, ..., None)`` when the initializer failed, and
   ``(SETUP_ERR, ..., resource_name)`` when a resource's setup failed;
 * ``(LOG, record_dict)`` for each log record the worker's logging bridge
@@ -49,9 +51,11 @@ __all__ = [
     "EXIT",
     "INIT_ERR",
     "LOG",
+    "MARK_SLOTS",
     "OK",
     "READY",
     "SETUP_ERR",
+    "SKIPPED",
     "FrameReader",
     "check_initargs",
     "decode_error",
@@ -62,7 +66,10 @@ __all__ = [
     "write_all",
 ]
 
-READY, OK, ERR, INIT_ERR, SETUP_ERR, LOG = 0, 1, 2, 3, 4, 5
+READY, OK, ERR, INIT_ERR, SETUP_ERR, LOG, SKIPPED = 0, 1, 2, 3, 4, 5, 6
+#: Slots for stopped-task marks in the array a worker shares with the parent
+#: (slot 0 holds the number of the task it started last).
+MARK_SLOTS = 64
 #: The message that asks a worker to run its teardown and exit.
 EXIT = b""
 

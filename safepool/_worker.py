@@ -14,9 +14,11 @@ A worker:
    exits at once, even in the middle of a task;
 4. runs the stdlib-style ``initializer`` and sets up its resources (in
    dependency order), then says READY;
-5. loops: read a task, note its number in the shared ``started`` counter
-   (so the parent knows, even after killing this process, which of the tasks
-   waiting in the pipe had started), run it between the resources' ``before``
+5. loops: read a task; skip it (reply SKIPPED) if the parent marked its
+   number as stopped in the shared ``marks`` array while it waited in the
+   pipe; else note its number in ``marks[0]`` (so the parent knows, even
+   after killing this process, which of the tasks waiting in the pipe had
+   started) and run it between the resources' ``before``
    and ``after`` hooks, send exactly one reply; an empty message (or EOF) ends
    the loop, the resources are torn down and the worker exits normally. So
    does a task that poisoned the worker or left it above the memory limit:
@@ -28,8 +30,13 @@ may send from any of the task's threads while the main thread replies.
 
 from __future__ import annotations
 
+# Loaded here so that a forkserver that preloads this module has them ready for
+# every worker it forks: the shared ``marks`` array arrives as a sharedctypes
+# object, and multiprocessing re-runs the main script through runpy.
+import multiprocessing.sharedctypes  # noqa: F401
 import os
 import pickle
+import runpy  # noqa: F401
 import signal
 import threading
 import time
@@ -114,7 +121,7 @@ def worker_main(
     max_memory: int | None,
     resources: tuple[Resource[Any], ...] = (),
     log_config: BridgeConfig | None = None,
-    started: Any = None,
+    marks: Any = None,
 ) -> None:
     """Entry point of a worker process (the ``target`` of its ``Process``)."""
     _quiet_signals()
@@ -146,7 +153,7 @@ def worker_main(
             return
     send(pickle.dumps((_transport.READY,)))
     try:
-        _serve(conn, send, runtime, max_memory, started)
+        _serve(conn, send, runtime, max_memory, marks)
     finally:
         if runtime is not None:
             runtime.teardown()
@@ -157,7 +164,7 @@ def _serve(
     send: Callable[[bytes], None],
     runtime: WorkerResources | None,
     max_memory: int | None,
-    started: Any,
+    marks: Any,
 ) -> None:
     """Run tasks until the parent sends EXIT or goes away, or this worker must be recycled."""
     rss_of: Callable[[], int] = lambda: 0  # noqa: E731
@@ -168,6 +175,8 @@ def _serve(
         rss_of = lambda: me.memory_info().rss  # noqa: E731
 
     reader = _transport.FrameReader(conn.fileno())
+    skipped = pickle.dumps((_transport.SKIPPED,))
+    slots = _transport.MARK_SLOTS
     number = 0
     while True:
         try:
@@ -177,8 +186,11 @@ def _serve(
         if not data:  # EXIT, or EOF: the parent is gone
             return
         number += 1
-        if started is not None:
-            started.value = number  # before anything of the task runs
+        if marks is not None:
+            if marks[1 + number % slots] == number:  # stopped while it waited
+                send(skipped)
+                continue
+            marks[0] = number  # before anything of the task runs
         reply, rss, poison = _run_task(data, rss_of, runtime)
         send(reply)
         if poison is not None or (max_memory is not None and rss > max_memory):
