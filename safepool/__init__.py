@@ -11,35 +11,77 @@ quiet, and child exceptions arrive with their child traceback.
     [1, 2]
 """
 
-from safepool._errors import (
-    ForkWarning,
-    InitializerError,
-    PicklingError,
-    RemoteError,
-    RemoteTraceback,
-    ResourceSetupError,
-    TaskStoppedError,
-    TaskTimeoutError,
-    WorkerCrashedError,
-)
-from safepool._executor import Executor, ExecutorView
-from safepool._progress import progress
-from safepool._resource_runtime import poison_worker, resource
-from safepool._resources import Outcome, Resource, worker_resource
-from safepool._stats import Stats, WorkerStats
-from safepool._task import TaskFunction, default_executor, task
+from typing import TYPE_CHECKING, Any
 
-#: The stdlib's name for the same class, for drop-in use.
-ProcessPoolExecutor = Executor
+if TYPE_CHECKING:
+    from safepool._errors import (
+        ForkWarning,
+        InitializerError,
+        PicklingError,
+        RemoteError,
+        RemoteTraceback,
+        ResourceSetupError,
+        TaskStoppedError,
+        TaskTimeoutError,
+        WorkerCrashedError,
+    )
+    from safepool._executor import Executor, ExecutorView
+    from safepool._progress import progress
+    from safepool._resource_runtime import poison_worker, resource
+    from safepool._resources import Outcome, Resource, worker_resource
+    from safepool._stats import Stats, WorkerStats
+    from safepool._task import TaskFunction, default_executor, task
+
+    ProcessPoolExecutor = Executor
 
 __version__ = "0.1.0.dev0"
 
-# Show the public names in tracebacks and reprs (safepool.TaskTimeoutError, ...).
-for _cls in (ForkWarning, InitializerError, PicklingError, RemoteError, RemoteTraceback,
-             ResourceSetupError, TaskStoppedError, TaskTimeoutError, WorkerCrashedError,
-             Executor, ExecutorView, TaskFunction, Resource, Outcome, Stats, WorkerStats):
-    _cls.__module__ = "safepool"
-del _cls
+# The public names, by the private module that defines each. They are imported
+# on first use (PEP 562): a worker process imports ``safepool._worker``, and
+# with it this package, without paying for the executor, pebble or tqdm.
+_WHERE = {
+    "ForkWarning": "_errors",
+    "InitializerError": "_errors",
+    "PicklingError": "_errors",
+    "RemoteError": "_errors",
+    "RemoteTraceback": "_errors",
+    "ResourceSetupError": "_errors",
+    "TaskStoppedError": "_errors",
+    "TaskTimeoutError": "_errors",
+    "WorkerCrashedError": "_errors",
+    "Executor": "_executor",
+    "ExecutorView": "_executor",
+    "progress": "_progress",
+    "poison_worker": "_resource_runtime",
+    "resource": "_resource_runtime",
+    "Outcome": "_resources",
+    "Resource": "_resources",
+    "worker_resource": "_resources",
+    "Stats": "_stats",
+    "WorkerStats": "_stats",
+    "TaskFunction": "_task",
+    "default_executor": "_task",
+    "task": "_task",
+}
+#: The stdlib's name for the same class, for drop-in use.
+_ALIASES = {"ProcessPoolExecutor": "Executor"}
+
+
+def __getattr__(name: str) -> Any:
+    target = _ALIASES.get(name, name)
+    module = _WHERE.get(target)
+    if module is None:
+        raise AttributeError(f"module 'safepool' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f"safepool.{module}"), target)
+    globals()[name] = value  # found once; later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "Executor",

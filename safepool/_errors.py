@@ -296,3 +296,9 @@ class ForkWarning(RuntimeWarning):
     running loop thread. Each warning names the objects and the fix.
     """
 
+
+# Public as ``safepool.<name>``: so shown in tracebacks and reprs, and pickled by that name.
+for _cls in (ForkWarning, InitializerError, PicklingError, RemoteError, RemoteTraceback,
+             ResourceSetupError, TaskStoppedError, TaskTimeoutError, WorkerCrashedError):
+    _cls.__module__ = "safepool"
+del _cls

@@ -454,3 +454,9 @@ class ExecutorView(cf.Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Does nothing: a view does not own the workers."""
+
+
+# Public as ``safepool.<name>``: so shown in tracebacks and reprs, and pickled by that name.
+for _cls in (Executor, ExecutorView):
+    _cls.__module__ = "safepool"
+del _cls

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import tempfile
 from multiprocessing.reduction import DupFd
 from typing import Any
 
@@ -26,6 +25,8 @@ def _anonymous_file(size: int) -> int:
     if hasattr(os, "memfd_create"):
         fd = os.memfd_create("safepool-marks", os.MFD_CLOEXEC)
     else:  # pragma: no cover - POSIX without memfd
+        import tempfile
+
         with tempfile.TemporaryFile() as f:
             fd = os.dup(f.fileno())
     os.ftruncate(fd, size)

@@ -20,8 +20,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from safepool._errors import PicklingError
-from safepool._transport import dumps_call
 from safepool._validate import check_callable
 
 __all__ = ["Outcome", "Resource", "order_resources", "worker_resource"]
@@ -226,6 +224,9 @@ def order_resources(resources: Iterable[Any], *, check_pickling: bool) -> tuple[
 
 def _check_picklable(resource: Resource[Any]) -> None:
     """Fail at construction, naming the hook, if a worker could not receive ``resource``."""
+    from safepool._errors import PicklingError
+    from safepool._transport import dumps_call
+
     if resource._reference is not None:
         return  # sent by name; the worker imports the module that declares it
     hooks = (("setup", resource.setup), ("teardown", resource.teardown),
@@ -240,3 +241,9 @@ def _check_picklable(resource: Resource[Any]) -> None:
                 f"the {what} function of resource {resource.name!r}", exc.type_name, exc.reason,
                 exc.hint,
             ) from exc
+
+
+# Public as ``safepool.<name>``: so shown in tracebacks and reprs, and pickled by that name.
+for _cls in (Outcome, Resource):
+    _cls.__module__ = "safepool"
+del _cls

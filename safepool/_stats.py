@@ -140,3 +140,9 @@ def rss_of(proc: psutil.Process | None) -> int | None:
 
 def uptime_since(started: float) -> float:
     return max(0.0, time.monotonic() - started)
+
+
+# Public as ``safepool.<name>``: so shown in tracebacks and reprs, and pickled by that name.
+for _cls in (Stats, WorkerStats):
+    _cls.__module__ = "safepool"
+del _cls

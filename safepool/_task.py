@@ -144,3 +144,9 @@ def task(
         return TaskFunction(f, seconds, executor)
 
     return decorate(fn) if fn is not None else decorate
+
+
+# Public as ``safepool.<name>``: so shown in tracebacks and reprs, and pickled by that name.
+for _cls in (TaskFunction,):
+    _cls.__module__ = "safepool"
+del _cls

@@ -41,10 +41,14 @@ import struct
 import traceback
 from collections.abc import Callable, Mapping
 from multiprocessing.reduction import ForkingPickler
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from safepool import _pickling
-from safepool._errors import PicklingError, RemoteError, RemoteTraceback
+if TYPE_CHECKING:
+    from safepool._errors import PicklingError
+
+# The error types and the pickling diagnostics (``_errors``, ``_pickling``) are
+# imported where they are needed, not here: a worker imports this module on
+# its way to running its first task, and those are for when something fails.
 
 __all__ = [
     "ERR",
@@ -182,17 +186,20 @@ def _reason(exc: BaseException) -> str:
 
 def _diagnose(
     parts: list[tuple[str, Any]],
-    dumps: _pickling.Dumps = _pickling.forking_dumps,
+    dumps: Callable[[Any], object] | None = None,
     *,
     returning: bool = False,
 ) -> PicklingError | None:
     """Name the innermost thing in ``parts`` that cannot be pickled, with advice.
 
     ``parts`` are ``(root, object)`` pairs, searched in order; ``None`` if each
-    part pickles on its own.
+    part pickles on its own. ``dumps`` defaults to multiprocessing's pickler.
     """
+    from safepool import _pickling
+    from safepool._errors import PicklingError
+
     for root, obj in parts:
-        culprit = _pickling.find_unpicklable(obj, root, dumps)
+        culprit = _pickling.find_unpicklable(obj, root, dumps or _pickling.forking_dumps)
         if culprit is not None:
             hint = _pickling.hint_for(culprit, returning=returning)
             return PicklingError(culprit.path, culprit.type_name, culprit.reason, hint)
@@ -214,6 +221,9 @@ def dumps_call(
     try:
         return _dumps((fn, args, kwargs))
     except _PICKLE_FAILURES as exc:
+        from safepool import _pickling
+        from safepool._errors import PicklingError
+
         parts: list[tuple[str, Any]] = [(fn_name, fn)]
         parts += [(f"args[{i}]", a) for i, a in enumerate(args)]
         parts += [(f"kwargs[{k!r}]", v) for k, v in kwargs.items()]
@@ -230,6 +240,9 @@ def check_initargs(initargs: tuple[Any, ...]) -> None:
     ``multiprocessing`` Queue or Lock) are allowed: they do, with the process.
     Sockets and multiprocessing connections pickle, and are not duplicated here.
     """
+    from safepool import _pickling
+    from safepool._errors import PicklingError
+
     for i, arg in enumerate(initargs):
         culprit = _pickling.find_unpicklable(arg, f"initargs[{i}]")
         if culprit is not None and not _pickling.crosses_only_at_start(culprit):
@@ -246,6 +259,9 @@ def encode_result(result: Any, trailer: Any) -> bytes:
     try:
         return pickle.dumps((OK, result, trailer), _PROTOCOL)
     except _PICKLE_FAILURES as exc:
+        from safepool import _pickling
+        from safepool._errors import PicklingError
+
         error = _diagnose([("result", result)], _pickling.plain_dumps, returning=True)
         if error is None:
             error = PicklingError(
@@ -280,6 +296,8 @@ def encode_error(
         message = f"<{type_name} with unprintable message>"
     exc_bytes, why = _pickle_exception(exc)
     if why is not None:
+        from safepool._errors import RemoteError
+
         error = RemoteError(type_name, message, tb_text, pickling_error=why)
         exc_bytes = pickle.dumps(error, _PROTOCOL)
     return pickle.dumps((kind, exc_bytes, type_name, message, tb_text, trailer), _PROTOCOL)
@@ -290,6 +308,8 @@ def _pickle_exception(exc: BaseException) -> tuple[bytes, str | None]:
     try:
         exc_bytes = pickle.dumps(exc, _PROTOCOL)
     except BaseException as error:
+        from safepool import _pickling
+
         try:
             culprit = _pickling.find_unpicklable(exc, "exception", _pickling.plain_dumps)
         except BaseException:  # the diagnosis must never take the worker down
@@ -308,6 +328,8 @@ def decode_error(
     exc_bytes: bytes, type_name: str, message: str, tb_text: str, pid: int | None
 ) -> BaseException:
     """Rebuild a worker's exception in the parent, its child traceback as ``__cause__``."""
+    from safepool._errors import RemoteError, RemoteTraceback
+
     exc: BaseException
     try:
         exc = pickle.loads(exc_bytes)

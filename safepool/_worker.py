@@ -30,12 +30,11 @@ may send from any of the task's threads while the main thread replies.
 
 from __future__ import annotations
 
-# Loaded here so that a forkserver that preloads this module has them ready for
-# every worker it forks: the shared ``marks`` array arrives as a sharedctypes
-# object, and multiprocessing re-runs the main script through runpy.
-import multiprocessing.sharedctypes  # noqa: F401
 import os
 import pickle
+
+# Loaded here so that a forkserver that preloads this module has it ready for
+# every worker it forks: multiprocessing re-runs the main script through runpy.
 import runpy  # noqa: F401
 import signal
 import threading
@@ -47,6 +46,7 @@ from typing import Any
 
 from safepool import _transport
 from safepool._logbridge import BridgeConfig, install_bridge
+from safepool._marks import Marks
 from safepool._resource_runtime import WorkerResources, enter_worker, take_poison
 from safepool._resources import Outcome, Resource
 
@@ -121,7 +121,7 @@ def worker_main(
     max_memory: int | None,
     resources: tuple[Resource[Any], ...] = (),
     log_config: BridgeConfig | None = None,
-    marks: Any = None,
+    marks: Marks | None = None,
 ) -> None:
     """Entry point of a worker process (the ``target`` of its ``Process``)."""
     _quiet_signals()
@@ -164,7 +164,7 @@ def _serve(
     send: Callable[[bytes], None],
     runtime: WorkerResources | None,
     max_memory: int | None,
-    marks: Any,
+    marks: Marks | None,
 ) -> None:
     """Run tasks until the parent sends EXIT or goes away, or this worker must be recycled."""
     rss_of: Callable[[], int] = lambda: 0  # noqa: E731
