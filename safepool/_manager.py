@@ -6,16 +6,25 @@ Data flow::
   --------------                ---------------------------------            ----------------
   submit(fn, *args, **kw)
     pickle (fn, args, kw)  ┐
-    append to pending ─────┼─> wake pipe
-                           │   wait(wake pipe, worker pipes, worker pidfds,
-                           │        timeout=earliest deadline)
-                           │   dispatch: pending -> an IDLE worker ──pipe──> recv, run fn(*args)
-                           │     future RUNNING, timeout armed               send exactly one reply
-  future.result() <────────┴── reply: set_result / set_exception <──pipe── (OK | ERR, rss)
-                               count or memory limit reached: send EXIT ──> teardown, exit(0)
-                                 and start a replacement when work waits
-                               pidfd ready: worker died -> fail only its own
-                                 task (WorkerCrashedError), replace it
+    append to pending ─────┼─> wake pipe (one write per burst)
+                           │   epoll(wake pipe, worker pipes, worker pidfds,
+                           │         timeout=earliest deadline)
+                           │   dispatch: pending -> an IDLE worker ──pipe──> read, marks[0] = n,
+                           │     future RUNNING, timeout armed               run fn(*args),
+                           │   prefetch: short tasks -> a BUSY worker's      send exactly one reply
+                           │     pipe, several per write (they wait there)   (or SKIPPED if marked)
+  future.result() <────────┴── replies (many per read): set_result /  <──pipe── (OK | ERR, trailer)
+                                 set_exception; the next one in the pipe
+                                 is running now
+                               max_tasks reached: EXIT rides behind the ──> teardown, exit(0)
+                                 last task; poison or memory: the worker
+                                 exits by itself after its reply
+                               replacement: started at once if workers
+                                 hold no resources, else once it is gone
+                               pidfd ready: worker died -> read what it
+                                 sent; marks[0] says which task was
+                                 running (WorkerCrashedError), the ones
+                                 waiting behind it are re-sent elsewhere
                                deadline: task timeout -> fail the future,
                                  SIGTERM the worker's process tree, SIGKILL
                                  it after a grace period, without blocking
@@ -26,10 +35,13 @@ Data flow::
                                     resolved there too, after its records
 
 Only the manager thread touches workers and their pipes; callers only append
-to ``pending`` under a lock and write one byte to the wake pipe. Dispatch goes
-to idle workers only, so the parent always knows which task runs where: a
-cancelled pending task never starts, and a worker's death or kill can never
-corrupt shared state (there is none between workers).
+to ``pending`` under a lock and write one byte to the wake pipe when the
+manager is not already woken. Each worker runs the tasks sent to it strictly
+in order; ``marks`` (``_marks``) is a page shared with it: it writes there the
+number of each task it starts, and skips a task the parent marked as stopped.
+So the parent always knows which task runs where, even after a kill: a
+cancelled pending task never starts, a task never runs twice, and a worker's
+death or kill can never corrupt shared state (there is none between workers).
 """
 
 from __future__ import annotations
@@ -575,10 +587,11 @@ class Pool:
 
     def _prefetch(self, batches: dict[_Worker, list[bytes]]) -> None:
         depth = min(_PREFETCH_MAX, max(2, int(_PREFETCH_WORTH / max(self._avg_seconds, 1e-6))))
+        # Top up only pipes that ran half empty: fewer, fuller writes.
         takers = [
             w for w in self._workers.values()
             if w.state == BUSY and not w.closing and w.conn_open
-            and len(w.inflight) < depth and w.inflight[0].timeout is None
+            and len(w.inflight) <= depth // 2 and w.inflight[0].timeout is None
         ]
         while takers:
             for worker in list(takers):

@@ -23,11 +23,20 @@ __all__ = ["ProgressBar", "progress"]
 
 T = TypeVar("T")
 
-_tqdm_module: Any
-try:  # optional
-    _tqdm_module = importlib.import_module("tqdm")
-except ImportError:  # pragma: no cover - depends on the environment
-    _tqdm_module = None
+_UNSET: Any = object()
+#: tqdm (optional), imported by the first progress bar: importing it costs tens of ms.
+_tqdm_module: Any = _UNSET
+
+
+def _tqdm() -> Any:
+    """The tqdm module, or None if it is not installed."""
+    global _tqdm_module
+    if _tqdm_module is _UNSET:
+        try:
+            _tqdm_module = importlib.import_module("tqdm")
+        except ImportError:  # pragma: no cover - depends on the environment
+            _tqdm_module = None
+    return _tqdm_module
 
 
 def _tqdm_class() -> Any:
@@ -35,7 +44,7 @@ def _tqdm_class() -> Any:
     ``mp_context="fork"`` executor warn, and fork from a threaded process)."""
     global _quiet_tqdm
     if _quiet_tqdm is None:
-        _quiet_tqdm = type("SafepoolTqdm", (_tqdm_module.tqdm,), {"monitor_interval": 0})
+        _quiet_tqdm = type("SafepoolTqdm", (_tqdm().tqdm,), {"monitor_interval": 0})
     return _quiet_tqdm
 
 
@@ -67,7 +76,7 @@ class ProgressBar:
         self._started = time.monotonic()
         self._last_draw = 0.0
         self._tqdm: Any = None
-        if _tqdm_module is not None:
+        if _tqdm() is not None:
             self._tqdm = _tqdm_class()(
                 total=total, desc=self._desc, unit="task", file=file, dynamic_ncols=True
             )

@@ -35,6 +35,8 @@ that task's future and never desynchronises the pipe.
 
 from __future__ import annotations
 
+import copyreg
+import io
 import os
 import pickle
 import struct
@@ -127,21 +129,25 @@ class FrameReader:
         """Every complete message in the buffer, in order."""
         buf, pos, out = self._buf, 0, []
         end = len(buf)
-        while end - pos >= 4:
-            (size,) = _LENGTH.unpack_from(buf, pos)
-            start = pos + 4
-            if size == -1:
-                if end - start < 8:
+        view = memoryview(buf)  # slices of it are copied once, straight into bytes
+        try:
+            while end - pos >= 4:
+                (size,) = _LENGTH.unpack_from(buf, pos)
+                start = pos + 4
+                if size == -1:
+                    if end - start < 8:
+                        break
+                    (size,) = _LONG_LENGTH.unpack_from(buf, start)
+                    start += 8
+                if end - start < size:
+                    self._need = start + size - end
                     break
-                (size,) = _LONG_LENGTH.unpack_from(buf, start)
-                start += 8
-            if end - start < size:
-                self._need = start + size - end
-                break
-            out.append(bytes(buf[start:start + size]))
-            pos = start + size
-        else:
-            self._need = 0
+                out.append(bytes(view[start:start + size]))
+                pos = start + size
+            else:
+                self._need = 0
+        finally:
+            view.release()  # before the buffer is resized
         if pos:
             del buf[:pos]
         return out
@@ -171,13 +177,35 @@ class FrameReader:
             self._need = start + size - len(buf)
             return None
         self._need = 0
-        message = bytes(buf[start:start + size])
+        with memoryview(buf) as view:
+            message = bytes(view[start:start + size])
         del buf[:start + size]
         return message
 
 
+_table: dict[Any, Any] = {}
+_table_key: tuple[int, int] = (-1, -1)
+
+
 def _dumps(obj: Any) -> bytes:
-    return bytes(ForkingPickler.dumps(obj, _PROTOCOL))
+    """Pickle as ``ForkingPickler`` does (its reducers for connections, sockets, ...).
+
+    ``ForkingPickler.dumps`` copies copyreg's dispatch table on every call,
+    which is most of its cost for a small call; the merged table is kept here
+    and rebuilt when either registry grows.
+    """
+    global _table, _table_key
+    extra: dict[Any, Any] = getattr(ForkingPickler, "_extra_reducers", {})
+    key = (len(copyreg.dispatch_table), len(extra))
+    if key != _table_key:
+        table = dict(copyreg.dispatch_table)
+        table.update(extra)
+        _table, _table_key = table, key
+    buf = io.BytesIO()
+    pickler = pickle.Pickler(buf, _PROTOCOL)
+    pickler.dispatch_table = _table
+    pickler.dump(obj)
+    return buf.getvalue()
 
 
 def _reason(exc: BaseException) -> str:
