@@ -49,15 +49,6 @@ def _flatten(results: Iterator[list[T]]) -> Iterator[T]:
         yield from chunk
 
 
-def _label(fn: Callable[..., Any]) -> str:
-    """``module.qualname`` of what a future runs, for messages about it."""
-    if isinstance(fn, partial) and fn.func is run_chunk and fn.args:
-        return f"a map() chunk of {_label(fn.args[0])}"
-    module = getattr(fn, "__module__", None)
-    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-    return f"{module}.{name}()" if module else f"{name}()"
-
-
 def _log_target(worker_logs: Any) -> bool | logging.Logger:
     if isinstance(worker_logs, (bool, logging.Logger)):
         return worker_logs
@@ -380,7 +371,7 @@ class Executor(cf.Executor):
         future: SafeFuture[T] = SafeFuture()
         if self._log_unretrieved:
             future._report_unretrieved = True
-            future._label = _label(fn)
+            future._fn = fn  # named in the report, if there is one
         self._pool.submit(WorkItem(future, payload, timeout))
         return future
 

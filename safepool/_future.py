@@ -18,9 +18,11 @@ import threading
 import weakref
 from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from safepool._errors import TaskStoppedError
+from safepool._worker import run_chunk
 
 if TYPE_CHECKING:
     from safepool._manager import Pool
@@ -35,6 +37,17 @@ _unretrieved: weakref.WeakSet[SafeFuture[Any]] = weakref.WeakSet()
 _unretrieved_lock = threading.Lock()
 
 
+def label_of(fn: Any) -> str:
+    """``module.qualname()`` of what a future runs, for messages about it."""
+    if fn is None:
+        return "task"
+    if isinstance(fn, partial) and fn.func is run_chunk and fn.args:
+        return f"a map() chunk of {label_of(fn.args[0])}"
+    module = getattr(fn, "__module__", None)
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{module}.{name}()" if module else f"{name}()"
+
+
 def report_unretrieved() -> None:
     """Log every live failed future whose exception was never retrieved (at interpreter exit)."""
     with _unretrieved_lock:
@@ -47,8 +60,8 @@ class SafeFuture(Future[T]):
     """The future of a task submitted to a [`safepool.Executor`][safepool.Executor]."""
 
     _safepool: Pool | None = None
-    #: What ran, for the unretrieved-exception report, e.g. ``"app.jobs.fetch"``.
-    _label = "task"
+    #: What ran, named in the unretrieved-exception report (e.g. ``app.jobs.fetch()``).
+    _fn: Any = None
     #: Whether an exception nobody retrieves is logged (``Executor(log_unretrieved=)``).
     _report_unretrieved = False
     _retrieved = False
@@ -95,7 +108,7 @@ class SafeFuture(Future[T]):
         try:
             _log.error(
                 "exception in %s was never retrieved (future.result() or future.exception() "
-                "was never called): %s: %s", self._label, type(exc).__name__, exc,
+                "was never called): %s: %s", label_of(self._fn), type(exc).__name__, exc,
                 exc_info=(type(exc), exc, exc.__traceback__),
             )
         except Exception:  # pragma: no cover - logging torn down at interpreter exit

@@ -287,7 +287,6 @@ class Pool:
         self._backoff = 0.0
         self._retry_at = 0.0
         self._setup_error: Callable[[], BaseException] | None = None
-        self._healthy = 0  # workers that are IDLE or BUSY
         # Nothing in a worker holds outside connections: replacements need not wait.
         self._early_replacement = not resources and initializer is None
         self._stopping_handled = False
@@ -439,7 +438,7 @@ class Pool:
         """True while no worker runs and a resource setup failure's backoff lasts."""
         return (
             self._setup_error is not None
-            and self._healthy == 0
+            and not any(w.state in (IDLE, BUSY) for w in list(self._workers.values()))
             and time.monotonic() < self._retry_at
         )
 
@@ -646,14 +645,15 @@ class Pool:
         once, so recycling and timeouts cost no idle time. At most
         twice max_workers processes exist even then.
         """
+        waiting = len(self._pending) + len(self._retry) - len(self._idle)
+        if waiting <= 0:
+            return
         starting = 0
         taking_work = 0  # workers that will run queued work: not exiting, not closing
-        self._healthy = 0
         for w in self._workers.values():
             starting += w.state == STARTING
-            self._healthy += w.state in (IDLE, BUSY)
             taking_work += w.state in (STARTING, IDLE) or (w.state == BUSY and not w.closing)
-        need = len(self._pending) + len(self._retry) - len(self._idle) - starting
+        need = waiting - starting
         if need <= 0:
             return
         if time.monotonic() < self._retry_at:
