@@ -22,8 +22,11 @@ __all__ = [
 
 #: Threads whose names start with this belong to safepool itself.
 THREAD_PREFIX = "safepool-"
-#: What a worker runs; imported once in the forkserver, so a new worker starts with it loaded.
-WORKER_MODULE = "safepool._worker"
+#: Imported once in the forkserver, so that a new worker starts with them loaded: what a
+#: worker runs, and the rest of safepool, which a worker needs as soon as its main module
+#: (re-run in every worker by multiprocessing) or a task's module imports ``safepool.Executor``
+#: or ``@safepool.task``.
+PRELOAD = ("safepool._worker", "safepool._executor")
 
 
 def default_start_method() -> str:
@@ -82,12 +85,12 @@ def keep_global_start_method_unset() -> Iterator[None]:
 
 
 def preload_in_forkserver(context: BaseContext) -> None:
-    """Have the forkserver import safepool's worker code before it forks a worker.
+    """Have the forkserver import safepool before it forks a worker.
 
     A worker forked from the forkserver then starts with safepool already
     imported: a few milliseconds instead of a fresh import, which matters for
     recycling (``max_tasks_per_child``) and for replacing a killed worker. The
-    module is added to the forkserver's preload list (the stdlib's
+    modules are added to the forkserver's preload list (the stdlib's
     ``set_forkserver_preload``), keeping what is there (``__main__`` by
     default); it takes effect when the forkserver starts, so it does nothing if
     the application started the forkserver earlier.
@@ -98,5 +101,6 @@ def preload_in_forkserver(context: BaseContext) -> None:
 
     server = getattr(forkserver, "_forkserver", None)
     modules = list(getattr(server, "_preload_modules", None) or [])
-    if WORKER_MODULE not in modules:
-        context.set_forkserver_preload([*modules, WORKER_MODULE])
+    missing = [m for m in PRELOAD if m not in modules]
+    if missing:
+        context.set_forkserver_preload([*modules, *missing])
