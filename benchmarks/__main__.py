@@ -1,25 +1,17 @@
 """``python -m benchmarks``: run every measurement in a fresh interpreter and report.
 
-Per repetition and workload, the executors run one after the other in an order
-that rotates by one place each repetition, so none is always first or last.
-The stdlib is measured twice, as two separate entries ("stdlib" and
-"stdlib (A/A)"): any difference between those two is noise, and puts the other
-ratios in proportion.
-
-Prints a Markdown table on stdout (progress goes to stderr) and writes every
-raw result to ``benchmarks/results/<timestamp>.json``.
+Prints the Markdown report on stdout (progress goes to stderr) and writes
+``report.md``, ``results.json`` (every raw run) and ``charts/<workload>.png``
+into ``--out`` (default ``benchmarks/results/<UTC timestamp>/``, git-ignored).
+Measurement only: the exit code never depends on a timing.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.util
 import json
 import os
 import platform
-import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -28,57 +20,81 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks._executors import ADAPTERS
-from benchmarks._one import WORKLOADS
+from benchmarks._entries import ENTRIES
+from benchmarks._report import markdown, summarise
+from benchmarks._runner import ROOT, measure_all
+from benchmarks._workloads import WORKLOADS, Params
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-RESULTS = HERE / "results"
+RESULTS = ROOT / "benchmarks" / "results"
 
-#: (label, executor kind). The stdlib twice: the A/A control.
-ENTRIES: tuple[tuple[str, str], ...] = (
-    ("safepool", "safepool"),
-    ("stdlib", "stdlib"),
-    ("stdlib (A/A)", "stdlib"),
-    ("pebble", "pebble"),
-    ("loky", "loky"),
-)
-BASELINE = "stdlib"
-AA_CONTROL = "stdlib (A/A)"
-
-WORKLOAD_TITLES = {
-    "submit": "submit + result",
-    "map1": "map, chunksize 1",
-    "map100": "map, chunksize 100",
-    "cold": "cold start",
+#: The full run's sizes; every one can be changed on the command line.
+FULL: dict[str, int] = {
+    "n": 10_000,
+    "reps": 3,
+    "recycle_n": Params.recycle_n,
+    "payload_n": Params.payload_n,
+    "cpu_n": Params.cpu_n,
+    "timeout_rounds": Params.timeout_rounds,
 }
+#: ``--quick``: smaller sizes, and the slowest entries and workloads left out.
+QUICK: dict[str, int] = {
+    "n": 2_000,
+    "reps": 3,
+    "recycle_n": 20,
+    "payload_n": 10,
+    "cpu_n": 10,
+    "timeout_rounds": 3,
+}
+QUICK_LEFT_OUT_ENTRIES = ("loky", "billiard", "mpire", "deadpool")
+QUICK_LEFT_OUT_WORKLOADS = ("cold-spawn",)
+
+
+def _norm(text: str) -> str:
+    return text.replace(" ", "").lower()
+
+
+def _pick(
+    parser: argparse.ArgumentParser, text: str | None, known: list[str], what: str
+) -> list[str] | None:
+    if not text:
+        return None
+    by_norm = {_norm(k): k for k in known}
+    chosen = [_norm(part) for part in text.split(",") if part.strip()]
+    unknown = [c for c in chosen if c not in by_norm]
+    if unknown:
+        parser.error(f"unknown {what}(s): {', '.join(unknown)}; known: {', '.join(known)}")
+    return [k for k in known if _norm(k) in chosen]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    labels = [e.label for e in ENTRIES]
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Compare process-pool executors on tiny tasks, each run in a fresh "
+        description="Compare process-pool executors, each measurement in a fresh "
         "interpreter. Measurement only: nothing here passes or fails on a timing.",
     )
-    parser.add_argument("--n", type=int, help="tasks per warm workload (default 10000)")
-    parser.add_argument("--reps", type=int, help="repetitions, at least 3 (default 5)")
+    parser.add_argument("--n", type=int, help=f"tiny tasks per workload (default {FULL['n']})")
     parser.add_argument(
-        "--quick", action="store_true", help="N=2000 and 3 repetitions unless --n/--reps say"
+        "--reps", type=int, help=f"repetitions, at least 3 (default {FULL['reps']})"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller sizes (N=2000), and "
+        + ", ".join(QUICK_LEFT_OUT_ENTRIES + QUICK_LEFT_OUT_WORKLOADS)
+        + " left out unless --executors/--workloads name them: about 2 minutes",
     )
     parser.add_argument(
         "--method",
         choices=("forkserver", "spawn"),
         default="forkserver",
-        help="start method for safepool, the stdlib and pebble (loky uses its own)",
+        help="start method for every executor (the cold-* workloads use their own)",
     )
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 2, help="max_workers (default: CPUs)"
     )
     parser.add_argument(
-        "--executors",
-        help="comma-separated labels to run (default all: "
-        + ", ".join(label for label, _ in ENTRIES)
-        + ")",
+        "--executors", help="comma-separated labels (default all: " + ", ".join(labels) + ")"
     )
     parser.add_argument(
         "--workloads", help="comma-separated workloads (default all: " + ", ".join(WORKLOADS) + ")"
@@ -86,202 +102,44 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--timeout", type=float, default=600.0, help="seconds one measurement may take"
     )
+    parser.add_argument("--recycle-n", type=int, help="tasks in `recycle` (default 200)")
+    parser.add_argument("--payload-n", type=int, help="1 MiB tasks in `payload` (default 100)")
+    parser.add_argument("--cpu-n", type=int, help="tasks in `cpu` (default 40)")
+    parser.add_argument("--timeout-rounds", type=int, help="rounds in `timeout` (default 5)")
+    parser.add_argument(
+        "--out", type=Path, help="directory for report.md, results.json and charts/ "
+        "(default: benchmarks/results/<UTC timestamp>/)"
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    args.n = args.n if args.n is not None else (2000 if args.quick else 10_000)
-    args.reps = args.reps if args.reps is not None else (3 if args.quick else 5)
+
+    sizes = QUICK if args.quick else FULL
+    for key, default in sizes.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
     if args.reps < 3:
         parser.error("--reps must be at least 3 (a median of fewer says little)")
-    if args.n < 1 or args.workers < 1:
-        parser.error("--n and --workers must be positive")
-    args.entries = _pick(parser, args.executors, [label for label, _ in ENTRIES], "executor")
-    args.workload_list = _pick(parser, args.workloads, list(WORKLOADS), "workload")
-    return args
+    if min(args.n, args.workers, args.recycle_n, args.payload_n, args.cpu_n) < 1:
+        parser.error("--n, --workers and the workload sizes must be positive")
+    if args.timeout_rounds < 1:
+        parser.error("--timeout-rounds must be positive")
 
-
-def _pick(
-    parser: argparse.ArgumentParser, text: str | None, known: list[str], what: str
-) -> list[str]:
-    if not text:
-        return known
-    chosen = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [c for c in chosen if c not in known]
-    if unknown:
-        parser.error(f"unknown {what}(s): {', '.join(unknown)}; known: {', '.join(known)}")
-    return [k for k in known if k in chosen]
-
-
-# ------------------------------------------------------------------ running
-
-
-def run_one(kind: str, workload: str, args: argparse.Namespace) -> dict[str, Any]:
-    """One measurement in a fresh interpreter; its JSON line, or an error record."""
-    cmd = [
-        sys.executable, "-m", "benchmarks._one",
-        "--executor", kind, "--workload", workload, "--n", str(args.n),
-        "--method", args.method, "--workers", str(args.workers),
-    ]  # fmt: skip
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    started = time.monotonic()
-    # Its own session, so that on a timeout its whole process group (the
-    # interpreter, a forkserver, workers that stayed in the group) can be killed.
-    with subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    ) as proc:
-        try:
-            stdout, stderr = proc.communicate(timeout=args.timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            return {"executor": kind, "workload": workload, "status": "error",
-                    "error": f"no result within --timeout {args.timeout:g} s"}  # fmt: skip
-    record: dict[str, Any]
-    lines = stdout.strip().splitlines()
-    try:
-        record = json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        record = {"executor": kind, "workload": workload, "status": "error",
-                  "error": f"exit code {proc.returncode} and no JSON line"}  # fmt: skip
-    record["wall_seconds"] = time.monotonic() - started
-    if proc.returncode != 0 or record.get("status") == "error":
-        record["status"] = "error"
-        record["stderr_tail"] = stderr[-2000:]
-    return record
-
-
-def measure_all(
-    args: argparse.Namespace,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str]]:
-    """Every (repetition, workload, executor) measurement, in rotating executor order.
-
-    Returns the measurements, the discarded priming runs and the skipped labels.
-    """
-    kinds = dict(ENTRIES)
-    skipped: dict[str, str] = {}
-    for label in args.entries:
-        module = ADAPTERS[kinds[label]].module
-        if importlib.util.find_spec(module.split(".")[0]) is None:
-            skipped[label] = f"{module} is not installed"
-
-    # One discarded run per executor kind first, so no entry pays for a cold disk cache.
-    priming: list[dict[str, Any]] = []
-    for kind in dict.fromkeys(kinds[label] for label in args.entries if label not in skipped):
-        print(f"priming {kind} ...", file=sys.stderr, flush=True)
-        record = run_one(kind, "cold", args)
-        priming.append(record)
-        if record.get("status") == "skipped":
-            for label in args.entries:
-                if kinds[label] == kind:
-                    skipped[label] = record.get("error", "skipped")
-
-    active = [label for label in args.entries if label not in skipped]
-    total = args.reps * len(args.workload_list) * len(active)
-    runs: list[dict[str, Any]] = []
-    for rep in range(args.reps):
-        shift = rep % len(active) if active else 0
-        order = active[shift:] + active[:shift]
-        for workload in args.workload_list:
-            for position, label in enumerate(order):
-                record = run_one(kinds[label], workload, args)
-                record.update(label=label, rep=rep, position=position)
-                runs.append(record)
-                shown = (
-                    f"{record['seconds'] * 1e3:.1f} ms"
-                    if record.get("status") == "ok"
-                    else record.get("error", "?")
-                )
-                print(
-                    f"[{len(runs)}/{total}] rep {rep + 1} {workload:<7} {label:<13} {shown}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    return runs, priming, skipped
-
-
-# ---------------------------------------------------------------- reporting
-
-
-def summarise(runs: list[dict[str, Any]], labels: list[str], workloads: list[str]) -> list[dict]:
-    rows: list[dict[str, Any]] = []
-    for workload in workloads:
-        medians: dict[str, float] = {}
-        for label in labels:
-            mine = [r for r in runs if r["label"] == label and r["workload"] == workload]
-            ok = [r["seconds"] for r in mine if r.get("status") == "ok"]
-            row: dict[str, Any] = {
-                "workload": workload,
-                "label": label,
-                "count": len(ok),
-                "errors": len(mine) - len(ok),
-            }
-            if ok:
-                medians[label] = statistics.median(ok)
-                row.update(
-                    median=medians[label],
-                    min=min(ok),
-                    max=max(ok),
-                    n=mine[0].get("n"),
-                    shutdown_median=statistics.median(
-                        r["shutdown_seconds"] for r in mine if r.get("status") == "ok"
-                    ),
-                )
-            rows.append(row)
-        base = medians.get(BASELINE)
-        for row in rows:
-            if row["workload"] == workload and "median" in row and base:
-                row["ratio"] = row["median"] / base
-    return rows
-
-
-def _ms(seconds: float) -> str:
-    ms = seconds * 1e3
-    return f"{ms:.1f} ms" if ms >= 10 else f"{ms:.2f} ms"
-
-
-def _per_task(row: dict[str, Any]) -> str:
-    if row["workload"] == "cold" or not row.get("n"):
-        return "—"
-    return f"{row['median'] / row['n'] * 1e6:.1f} µs"
-
-
-def markdown(rows: list[dict[str, Any]]) -> str:
-    out = [
-        "| workload | executor | median | min | max | vs stdlib | per task | shutdown |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in rows:
-        title = WORKLOAD_TITLES[row["workload"]]
-        if "median" not in row:
-            out.append(f"| {title} | {row['label']} | failed ({row['errors']}) | | | | | |")
-            continue
-        ratio = f"{row['ratio']:.2f}" if "ratio" in row else "—"
-        note = f" ({row['errors']} failed)" if row["errors"] else ""
-        out.append(
-            f"| {title} | {row['label']}{note} | {_ms(row['median'])} | {_ms(row['min'])} "
-            f"| {_ms(row['max'])} | {ratio} | {_per_task(row)} | {_ms(row['shutdown_median'])} |"
+    entries = _pick(parser, args.executors, labels, "executor")
+    workloads = _pick(parser, args.workloads, list(WORKLOADS), "workload")
+    left_out: list[str] = []
+    if args.quick and entries is None:
+        entries = [label for label in labels if label not in QUICK_LEFT_OUT_ENTRIES]
+        left_out += [f"the {label} entry" for label in QUICK_LEFT_OUT_ENTRIES]
+    if args.quick and workloads is None:
+        workloads = [w for w in WORKLOADS if w not in QUICK_LEFT_OUT_WORKLOADS]
+        left_out += [f"the {w} workload" for w in QUICK_LEFT_OUT_WORKLOADS]
+    if args.quick:
+        left_out.append(
+            "full sizes (" + ", ".join(f"{k}={FULL[k]}" for k in FULL if k != "reps") + ")"
         )
-    return "\n".join(out)
-
-
-def aa_note(rows: list[dict[str, Any]]) -> str | None:
-    parts = []
-    for row in rows:
-        if row["label"] == AA_CONTROL and "ratio" in row:
-            parts.append(f"{WORKLOAD_TITLES[row['workload']]} {100 * (row['ratio'] - 1):+.0f}%")
-    if not parts:
-        return None
-    return (
-        "A/A control (the stdlib against itself, same code, separate runs): "
-        + ", ".join(parts)
-        + ". Differences between executors that are not clearly larger than these are noise."
-    )
+    args.entries = entries or labels
+    args.workload_list = workloads or list(WORKLOADS)
+    args.quick_left_out = "; ".join(left_out)
+    return args
 
 
 def _git(*args: str) -> str:
@@ -297,7 +155,7 @@ def _git(*args: str) -> str:
 def machine_info() -> dict[str, Any]:
     commit = _git("rev-parse", "--short", "HEAD")
     if _git("status", "--porcelain", "--", "safepool"):
-        commit += " + local changes"
+        commit += " + uncommitted changes"
     return {
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
@@ -309,17 +167,19 @@ def machine_info() -> dict[str, Any]:
 
 
 def versions(runs: list[dict[str, Any]]) -> dict[str, str]:
+    """Executor kind -> the version its runs reported."""
     found: dict[str, str] = {}
     for r in runs:
-        if "version" in r:
+        if "version" in r and r["executor"] != "safepool-hooks":
             found.setdefault(r["executor"], r["version"])
     return found
 
 
 def start_methods(runs: list[dict[str, Any]]) -> dict[str, str]:
+    """Label -> the start method its pools really used (cold-* runs aside)."""
     found: dict[str, str] = {}
     for r in runs:
-        if "start_method" in r:
+        if "start_method" in r and not r["workload"].startswith("cold-"):
             found.setdefault(r["label"], r["start_method"])
     return found
 
@@ -327,50 +187,21 @@ def start_methods(runs: list[dict[str, Any]]) -> dict[str, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     began = datetime.now(timezone.utc)
+    out_dir: Path = args.out or RESULTS / began.strftime("%Y%m%dT%H%M%SZ")
     load_before = os.getloadavg()
-    t0 = time.monotonic()
-    runs, priming, skipped = measure_all(args)
-    elapsed = time.monotonic() - t0
-    load_after = os.getloadavg()
-    labels = [label for label in args.entries if label not in skipped]
-    rows = summarise(runs, labels, args.workload_list)
     info = machine_info()
-    info["load_average_1_5_15_before"] = load_before
-    info["load_average_1_5_15_after"] = load_after
-    found_versions = versions(runs)
-    methods = start_methods(runs)
-
-    header = [
-        f"Machine: {info['cpus']} CPUs, {info['platform']}; "
-        f"{info['implementation']} {info['python']}. Load average (1 min) "
-        f"{load_before[0]:.2f} before the run, {load_after[0]:.2f} after it.",
-        f"Start method: {args.method} for safepool, the stdlib and pebble; loky uses its own "
-        f"({methods.get('loky', 'loky')}). max_workers={args.workers}. "
-        f"N={args.n} tasks per warm workload, {args.reps} repetitions, "
-        "each measurement in a fresh interpreter.",
-        "Versions: "
-        + ", ".join(f"{kind} {v}" for kind, v in sorted(found_versions.items()))
-        + f"; safepool at {info['safepool_commit']}.",
-    ]
-    print("\n\n".join(header))
-    print()
-    print(markdown(rows))
-    print()
-    note = aa_note(rows)
-    if note:
-        print(note)
-        print()
-    for label, reason in skipped.items():
-        print(f"Skipped {label}: {reason}.")
-    print(
-        "Median, min and max over the repetitions; vs stdlib = this median / the stdlib's "
-        "median in the same run; shutdown = median time of the pool's shutdown (not in the "
-        f"timings). Whole run: {elapsed:.0f} s."
-    )
-
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{began.strftime('%Y%m%dT%H%M%SZ')}.json"
-    payload = {
+    t0 = time.monotonic()
+    measured = measure_all(args)
+    elapsed = time.monotonic() - t0
+    at_end = machine_info()["safepool_commit"]
+    if at_end != info["safepool_commit"]:
+        start = info["safepool_commit"]
+        info["safepool_commit"] = f"{start} at the start, {at_end} at the end (changed meanwhile)"
+    info["load_average_before"] = load_before
+    info["load_average_after"] = os.getloadavg()
+    runs = measured["runs"]
+    na = measured["na"]
+    payload: dict[str, Any] = {
         "started": began.isoformat(),
         "elapsed_seconds": elapsed,
         "machine": info,
@@ -379,18 +210,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             "reps": args.reps,
             "method": args.method,
             "workers": args.workers,
+            "recycle_n": args.recycle_n,
+            "payload_n": args.payload_n,
+            "cpu_n": args.cpu_n,
+            "timeout_rounds": args.timeout_rounds,
+            "quick": args.quick,
+            "quick_left_out": args.quick_left_out,
             "entries": args.entries,
             "workloads": args.workload_list,
         },
-        "versions": found_versions,
-        "start_methods": methods,
-        "skipped": skipped,
-        "summary": rows,
+        "versions": versions(runs),
+        "start_methods": start_methods(runs),
+        "skipped": measured["skipped"],
+        "not_applicable": [
+            {"label": label, "workload": workload, "reason": reason}
+            for (label, workload), reason in na.items()
+        ],
+        "summary": summarise(runs, args.entries, args.workload_list, na, measured["skipped"]),
         "runs": runs,
-        "priming_runs_discarded": priming,
+        "priming_runs_discarded": measured["priming"],
     }
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"\nRaw results: {path.relative_to(ROOT)}", file=sys.stderr)
+    report = markdown(payload)
+    print(report)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.md").write_text(report)
+    (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    try:
+        from benchmarks._chart import write_charts
+
+        write_charts(payload, out_dir / "charts")
+    except ImportError as exc:
+        print(f"No charts ({exc}): pip install matplotlib", file=sys.stderr)
+    print(f"\nReport, raw results and charts: {out_dir}", file=sys.stderr)
     errors = sum(1 for r in runs if r.get("status") == "error")
     return 1 if errors and errors == len(runs) else 0
 

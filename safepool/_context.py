@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.context import BaseContext
+from types import ModuleType
 
 __all__ = [
     "default_start_method",
@@ -22,11 +23,12 @@ __all__ = [
 
 #: Threads whose names start with this belong to safepool itself.
 THREAD_PREFIX = "safepool-"
-#: Imported once in the forkserver, so that a new worker starts with them loaded: what a
-#: worker runs, and the rest of safepool, which a worker needs as soon as its main module
-#: (re-run in every worker by multiprocessing) or a task's module imports ``safepool.Executor``
-#: or ``@safepool.task``.
-PRELOAD = ("safepool._worker", "safepool._executor")
+#: What a worker runs: imported once in the forkserver, so a new worker starts with it loaded.
+WORKER_MODULE = "safepool._worker"
+#: The rest of safepool (with pebble and psutil): preloaded too when workers will need it.
+EXECUTOR_MODULE = "safepool._executor"
+#: Modules a worker imports anyway; a main module that uses only these needs no more.
+_LIGHT = frozenset({"safepool", "safepool._resource_runtime", "safepool._resources"})
 
 
 def default_start_method() -> str:
@@ -101,6 +103,34 @@ def preload_in_forkserver(context: BaseContext) -> None:
 
     server = getattr(forkserver, "_forkserver", None)
     modules = list(getattr(server, "_preload_modules", None) or [])
-    missing = [m for m in PRELOAD if m not in modules]
+    wanted = [WORKER_MODULE, EXECUTOR_MODULE] if _workers_need_executor() else [WORKER_MODULE]
+    missing = [m for m in wanted if m not in modules]
     if missing:
         context.set_forkserver_preload([*modules, *missing])
+
+
+def _workers_need_executor() -> bool:
+    """Whether new workers will import the executor side of safepool (and pebble, psutil).
+
+    multiprocessing re-runs a script's main module in every worker, so a worker
+    imports whatever the main module imported; and a worker that unpickles a
+    ``@safepool.task`` function imports its module, which imports the executor.
+    If neither applies, preloading only the worker keeps the first worker's
+    start short (the forkserver starts before it).
+    """
+    if "safepool._task" in sys.modules:
+        return True
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if main is None or getattr(spec, "name", "").endswith("__main__"):
+        return False  # a package's __main__ is not re-run in workers
+    for value in list(vars(main).values()):
+        if isinstance(value, ModuleType):
+            name = value.__name__
+        else:
+            name = getattr(value, "__module__", None) or type(value).__module__
+        if isinstance(name, str) and name.split(".")[0] == "safepool" and name not in _LIGHT:
+            return True
+        if name == "safepool" and not isinstance(value, ModuleType):
+            return True  # a public class or function (their __module__ is "safepool")
+    return False

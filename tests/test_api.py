@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import multiprocessing
+import sys
 import time
 
 import pytest
@@ -320,3 +321,24 @@ def test_initargs_may_hold_objects_that_cross_only_at_process_start(method):
     assert queue.get(timeout=30) == worker
     queue.close()
     queue.join_thread()
+
+
+def test_the_forkserver_preloads_the_executor_only_when_workers_will_import_it(monkeypatch):
+    # Workers re-run a script's main module: one that uses safepool.Executor makes every
+    # worker import the executor side, so the forkserver should have it loaded already.
+    import types
+
+    from safepool import _context
+
+    monkeypatch.delitem(sys.modules, "safepool._task", raising=False)
+    light = types.ModuleType("light_main")
+    light.safepool = safepool
+    monkeypatch.setitem(sys.modules, "__main__", light)
+    assert _context._workers_need_executor() is False
+    heavy = types.ModuleType("heavy_main")
+    heavy.Executor = safepool.Executor
+    monkeypatch.setitem(sys.modules, "__main__", heavy)
+    assert _context._workers_need_executor() is True
+    monkeypatch.setitem(sys.modules, "__main__", light)
+    monkeypatch.setitem(sys.modules, "safepool._task", types.ModuleType("safepool._task"))
+    assert _context._workers_need_executor() is True  # @safepool.task modules import it
