@@ -752,7 +752,7 @@ class Pool:
         item = worker.inflight.popleft()
         if kind == _transport.SKIPPED:  # it never started this one
             if not item.settled:
-                self._retry.appendleft(item)
+                self._resend([item])
             if worker.state == BUSY:
                 self._carry_on(worker)
             return
@@ -835,10 +835,17 @@ class Pool:
 
     def _requeue_waiting(self, worker: _Worker) -> None:
         """Put tasks that waited in a worker's pipe and never started back at the queue's front."""
-        for item in reversed(worker.inflight):
-            if not item.settled:
-                self._retry.appendleft(item)
+        self._resend([item for item in worker.inflight if not item.settled])
         worker.inflight.clear()
+
+    def _resend(self, items: list[WorkItem]) -> None:
+        """Queue started tasks that never ran for another worker, ahead of the rest, in order;
+        if the pool is being stopped, they fail with TaskStoppedError instead."""
+        if self._stop_reason is not None:
+            for item in items:
+                self._stop_unsent(item, self._stop_reason)
+        else:
+            self._retry.extendleft(reversed(items))
 
     def _make_idle(self, worker: _Worker) -> None:
         worker.state = IDLE
@@ -904,7 +911,7 @@ class Pool:
                 self._resolve(worker, _set_exception, item.future,
                               WorkerCrashedError(worker.pid, exitcode))
         worker.inflight.clear()
-        self._retry.extendleft(reversed(unstarted))
+        self._resend(unstarted)
         if worker.state == STARTING and not self._shutdown:
             self._boot_failures += 1
             self._last_boot_failure = f"worker pid {worker.pid} {describe_exitcode(exitcode)}"

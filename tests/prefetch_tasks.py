@@ -40,3 +40,9 @@ def note_then_poison(fifo: str, tag: str, gate: str) -> str:
     _wait(gate)
     safepool.poison_worker("test: this worker is no longer trusted")
     return tag
+
+
+def note_ignore_sigterm_then_wait(fifo: str, tag: str, gate: str) -> str:
+    """Like note_then_wait, but its worker survives SIGTERM (it dies only by SIGKILL)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return note_then_wait(fifo, tag, gate)

@@ -150,3 +150,18 @@ def test_a_recycled_worker_is_replaced_while_its_last_task_runs(make_pool, fifo,
     assert not head.done()  # the first worker's last task is still running
     _open_gate(gate)
     assert head.result(timeout=30) == "head"
+
+
+def test_tasks_waiting_behind_a_stopped_task_are_stopped_with_the_pool(make_pool, fifo, gate):
+    # stop_task() kills the worker, which ignores SIGTERM, so it is reaped only after
+    # kill_grace, when terminate_workers() has begun: the tasks that waited in its pipe
+    # must then fail, not start on a new worker.
+    pool = make_pool(1, kill_grace=1.0)
+    head, _ = _hold_one_worker(pool, fifo, gate, pt.note_ignore_sigterm_then_wait)
+    waiting = [pool.submit(pt.note_then_wait, fifo.path, tag, gate) for tag in TAGS]
+    _wait_until(lambda: _waiting_in_pipe(pool) == len(TAGS), "the tasks wait in the pipe")
+    assert pool.stop_task(head) is True
+    pool.terminate_workers()
+    for future in [head, *waiting]:
+        with pytest.raises(safepool.TaskStoppedError):
+            future.result(timeout=30)
