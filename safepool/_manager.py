@@ -590,7 +590,7 @@ class Pool:
         takers = [
             w for w in self._workers.values()
             if w.state == BUSY and not w.closing and w.conn_open
-            and len(w.inflight) <= depth // 2 and w.inflight[0].timeout is None
+            and 0 < len(w.inflight) <= depth // 2 and w.inflight[0].timeout is None
         ]
         while takers:
             for worker in list(takers):
@@ -601,6 +601,11 @@ class Pool:
                     return  # in order: what comes next waits for an idle worker
                 item = self._next_item()
                 if item is None:
+                    return
+                if item.timeout is not None or len(item.payload) > _PREFETCH_PAYLOAD:
+                    # The peeked one was cancelled meanwhile and this one may not be
+                    # prefetched: it waits (started) for an idle worker, first in line.
+                    self._retry.appendleft(item)
                     return
                 self._assign(worker, item, batches)
                 if len(worker.inflight) >= depth or worker.closing:
