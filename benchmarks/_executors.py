@@ -102,6 +102,13 @@ class Adapter:
         pool.shutdown(wait=True)
 
 
+class _ShipsWithPython(Adapter):
+    """An executor (or the ceiling) that comes with Python: its version is Python's."""
+
+    def version(self) -> str:
+        return f"Python {platform.python_version()}"
+
+
 class SafepoolAdapter(Adapter):
     module = "safepool"
 
@@ -172,12 +179,9 @@ class SafepoolHooksAdapter(SafepoolAdapter):
         )
 
 
-class StdlibAdapter(Adapter):
+class StdlibAdapter(_ShipsWithPython):
     module = "concurrent.futures.process"
     na = {"timeout": _NO_KILLING_TIMEOUT, "hooks": _HOOKS_ONLY_SAFEPOOL}
-
-    def version(self) -> str:
-        return f"Python {platform.python_version()}"
 
     def create(
         self,
@@ -272,12 +276,9 @@ class LokyAdapter(Adapter):
         return "unknown"
 
 
-class MultiprocessingPoolAdapter(Adapter):
+class MultiprocessingPoolAdapter(_ShipsWithPython):
     module = "multiprocessing.pool"
     na = {"timeout": _NO_KILLING_TIMEOUT, "hooks": _HOOKS_ONLY_SAFEPOOL}
-
-    def version(self) -> str:
-        return f"Python {platform.python_version()}"
 
     def create(
         self,
@@ -466,14 +467,11 @@ class DeadpoolAdapter(Adapter):
         return (self.load().TimeoutError,)
 
 
-class CeilingAdapter(Adapter):
+class CeilingAdapter(_ShipsWithPython):
     """Not a pool: the raw ceiling (``benchmarks._ceiling``), plain Pipes and no pool logic."""
 
     module = "multiprocessing.connection"
     na: dict[str, str] = {}
-
-    def version(self) -> str:
-        return f"Python {platform.python_version()}"
 
 
 #: Executor kind -> adapter. The driver may list one kind under several labels (A/A).
