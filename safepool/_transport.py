@@ -41,6 +41,7 @@ import os
 import pickle
 import struct
 import traceback
+from collections import deque
 from collections.abc import Callable, Mapping
 from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING, Any
@@ -110,12 +111,13 @@ def write_all(fd: int, data: bytes) -> None:
 class FrameReader:
     """Reads framed messages from a file descriptor, as many per system call as are waiting."""
 
-    __slots__ = ("_buf", "_fd", "_need")
+    __slots__ = ("_buf", "_fd", "_need", "_ready")
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._buf = bytearray()
         self._need = 0  # bytes the message being read still lacks, when known
+        self._ready: deque[bytes] = deque()  # taken, not yet returned by next()
 
     def fill(self) -> bool:
         """One ``read`` of what is waiting (blocks if nothing is); False at EOF."""
@@ -154,33 +156,11 @@ class FrameReader:
 
     def next(self) -> bytes | None:
         """The next message, reading as needed; None at EOF."""
-        while True:
-            message = self.take_one()
-            if message is not None:
-                return message
+        while not self._ready:
             if not self.fill():
                 return None
-
-    def take_one(self) -> bytes | None:
-        """The first complete message in the buffer, if there is one."""
-        buf = self._buf
-        if len(buf) < 4:
-            return None
-        (size,) = _LENGTH.unpack_from(buf, 0)
-        start = 4
-        if size == -1:
-            if len(buf) < 12:
-                return None
-            (size,) = _LONG_LENGTH.unpack_from(buf, 4)
-            start = 12
-        if len(buf) - start < size:
-            self._need = start + size - len(buf)
-            return None
-        self._need = 0
-        with memoryview(buf) as view:
-            message = bytes(view[start:start + size])
-        del buf[:start + size]
-        return message
+            self._ready.extend(self.take())
+        return self._ready.popleft()
 
 
 _table: dict[Any, Any] = {}
