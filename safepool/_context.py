@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sys
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.context import BaseContext
@@ -29,15 +30,30 @@ WORKER_MODULE = "safepool._worker"
 EXECUTOR_MODULE = "safepool._executor"
 #: Modules a worker imports anyway; a main module that uses only these needs no more.
 _LIGHT = frozenset({"safepool", "safepool._resource_runtime", "safepool._resources"})
+#: 3.15+ (PEP 810): the placeholder a ``lazy import`` binds until first use.
+_LAZY_IMPORT: type | None = getattr(types, "LazyImportType", None)
 
 
 def default_start_method() -> str:
-    """forkserver on Linux and the other POSIX systems that have it; spawn on macOS and Windows."""
+    """forkserver on Linux and the other POSIX systems that have it; spawn on macOS and
+    Windows, and wherever no temp directory is writable (the forkserver's socket lives in
+    one), as Python 3.14+ chooses its own default (gh-155717)."""
     if sys.platform == "darwin" or sys.platform == "win32":
         return "spawn"
-    if "forkserver" in multiprocessing.get_all_start_methods():
+    if "forkserver" in multiprocessing.get_all_start_methods() and _temp_dir_writable():
         return "forkserver"
-    return "spawn"  # pragma: no cover - POSIX without forkserver
+    return "spawn"
+
+
+def _temp_dir_writable() -> bool:
+    """Whether a new file can be made in the temp directory multiprocessing would use."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=tempfile.gettempdir()):
+            return True
+    except OSError:  # no usable temp directory at all, or a read-only one
+        return False
 
 
 def resolve_context(mp_context: BaseContext | str | None) -> BaseContext:
@@ -94,8 +110,9 @@ def preload_in_forkserver(context: BaseContext) -> None:
     recycling (``max_tasks_per_child``) and for replacing a killed worker. The
     modules are added to the forkserver's preload list (the stdlib's
     ``set_forkserver_preload``), keeping what is there (``__main__`` by
-    default); it takes effect when the forkserver starts, so it does nothing if
-    the application started the forkserver earlier.
+    default) and, on 3.15+, the application's ``on_error`` choice, which each
+    call would otherwise reset. It takes effect when the forkserver starts, so
+    it does nothing if the application started the forkserver earlier.
     """
     if context.get_start_method() != "forkserver":
         return
@@ -105,8 +122,13 @@ def preload_in_forkserver(context: BaseContext) -> None:
     modules = list(getattr(server, "_preload_modules", None) or [])
     wanted = [WORKER_MODULE, EXECUTOR_MODULE] if _workers_need_executor() else [WORKER_MODULE]
     missing = [m for m in wanted if m not in modules]
-    if missing:
+    if not missing:
+        return
+    on_error = getattr(server, "_preload_on_error", None)  # 3.15+ (gh-141860)
+    if on_error is None:
         context.set_forkserver_preload([*modules, *missing])
+    else:
+        context.set_forkserver_preload([*modules, *missing], on_error=on_error)  # type: ignore[call-arg]
 
 
 def _workers_need_executor() -> bool:
@@ -116,7 +138,9 @@ def _workers_need_executor() -> bool:
     imports whatever the main module imported; and a worker that unpickles a
     ``@safepool.task`` function imports its module, which imports the executor.
     If neither applies, preloading only the worker keeps the first worker's
-    start short (the forkserver starts before it).
+    start short (the forkserver starts before it). A 3.15 ``lazy import`` in
+    the main module is skipped without being loaded: looking at it in almost
+    any way would import it, and the worker will not import it eagerly either.
     """
     if "safepool._task" in sys.modules:
         return True
@@ -125,6 +149,8 @@ def _workers_need_executor() -> bool:
     if main is None or getattr(spec, "name", "").endswith("__main__"):
         return False  # a package's __main__ is not re-run in workers
     for value in list(vars(main).values()):
+        if _LAZY_IMPORT is not None and type(value) is _LAZY_IMPORT:
+            continue
         if isinstance(value, ModuleType):
             name = value.__name__
         else:

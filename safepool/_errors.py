@@ -20,6 +20,7 @@ __all__ = [
     "ForkWarning",
     "InitializerError",
     "PicklingError",
+    "PoolStoppedError",
     "RemoteError",
     "RemoteTraceback",
     "ResourceSetupError",
@@ -88,6 +89,10 @@ class WorkerCrashedError(ProcessExpired, BrokenProcessPool):
     and `concurrent.futures.process.BrokenProcessPool`, so handlers
     written for pebble or the stdlib still catch it.
 
+    Its ``__cause__`` is a [`RemoteTraceback`][safepool.RemoteTraceback] that
+    says ``Process <pid> terminated abruptly with exit code <code>``, as Python
+    3.15's does, on every version.
+
     Attributes:
         pid: the pid of the worker that died.
         exitcode: ``Process.exitcode``: negative for a signal (-9 is SIGKILL, as
@@ -107,6 +112,11 @@ class WorkerCrashedError(ProcessExpired, BrokenProcessPool):
                 self.signal = signal.Signals(-exitcode)
             except ValueError:
                 self.signal = None
+        # As Python 3.15's BrokenProcessPool (gh-139462): the cause names the process.
+        ended = "with an unknown exit code" if exitcode is None else f"with exit code {exitcode}"
+        if self.signal is not None:
+            ended += f" ({self.signal.name})"
+        self.__cause__ = RemoteTraceback(f"Process {pid} terminated abruptly {ended}\n", pid)
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.pid, self.exitcode))
@@ -116,10 +126,9 @@ class TaskStoppedError(Exception):
     """A running task was stopped on purpose before it finished.
 
     This happens when the task is stopped with
-    [`stop_task()`][safepool.Executor.stop_task], or the executor is
-    interrupted (Ctrl-C while a caller waits on it), or stopped with
-    [`terminate_workers()`][safepool.Executor.terminate_workers] or
-    [`kill_workers()`][safepool.Executor.kill_workers].
+    [`stop_task()`][safepool.Executor.stop_task]. When the whole executor is
+    stopped (``terminate_workers()``, ``kill_workers()``, Ctrl-C), running
+    tasks fail with its subclass [`PoolStoppedError`][safepool.PoolStoppedError].
     """
 
     def __init__(self, reason: str, pid: int | None = None) -> None:
@@ -129,6 +138,20 @@ class TaskStoppedError(Exception):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.reason, self.pid))
+
+
+class PoolStoppedError(TaskStoppedError, BrokenProcessPool):
+    """A task was stopped because the whole executor was stopped.
+
+    This happens when [`terminate_workers()`][safepool.Executor.terminate_workers]
+    or [`kill_workers()`][safepool.Executor.kill_workers] is called, or when
+    the executor is interrupted (Ctrl-C while a caller waits on it). It
+    subclasses [`TaskStoppedError`][safepool.TaskStoppedError] and
+    `concurrent.futures.process.BrokenProcessPool`, which is what Python
+    3.14's ``terminate_workers()`` and ``kill_workers()`` fail running futures
+    with, so ``except`` clauses written for either catch it. Tasks that had not
+    started are cancelled instead.
+    """
 
 
 class RemoteTraceback(PebbleRemoteTraceback, _StdlibRemoteTraceback):
@@ -298,7 +321,8 @@ class ForkWarning(RuntimeWarning):
 
 
 # Public as ``safepool.<name>``: so shown in tracebacks and reprs, and pickled by that name.
-for _cls in (ForkWarning, InitializerError, PicklingError, RemoteError, RemoteTraceback,
-             ResourceSetupError, TaskStoppedError, TaskTimeoutError, WorkerCrashedError):
+for _cls in (ForkWarning, InitializerError, PicklingError, PoolStoppedError, RemoteError,
+             RemoteTraceback, ResourceSetupError, TaskStoppedError, TaskTimeoutError,
+             WorkerCrashedError):
     _cls.__module__ = "safepool"
 del _cls

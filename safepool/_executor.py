@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import itertools
 import logging
 import os
 import weakref
@@ -15,9 +14,11 @@ from types import EllipsisType, TracebackType
 from typing import Any, TypeVar
 
 from safepool._context import resolve_context
+from safepool._errors import PicklingError
 from safepool._forkguard import warn_if_fork_unsafe
 from safepool._future import SafeFuture
 from safepool._manager import Pool, WorkItem
+from safepool._map import check_buffersize, chunked, known_length, map_results
 from safepool._progress import ProgressBar
 from safepool._resources import Resource, order_resources
 from safepool._stats import Stats
@@ -36,19 +37,6 @@ def _default_max_workers() -> int:
     return count or 1
 
 
-def _chunks(
-    iterables: tuple[Iterable[Any], ...], size: int
-) -> Iterator[tuple[tuple[Any, ...], ...]]:
-    calls = zip(*iterables, strict=False)
-    while chunk := tuple(itertools.islice(calls, size)):
-        yield chunk
-
-
-def _flatten(results: Iterator[list[T]]) -> Iterator[T]:
-    for chunk in results:
-        yield from chunk
-
-
 def _log_target(worker_logs: Any) -> bool | logging.Logger:
     if isinstance(worker_logs, (bool, logging.Logger)):
         return worker_logs
@@ -58,28 +46,6 @@ def _log_target(worker_logs: Any) -> bool | logging.Logger:
         "worker_logs must be True, False, a logger name or a logging.Logger, "
         f"not {type(worker_logs).__name__} {worker_logs!r:.60}"
     )
-
-
-class _ProgressView(cf.Executor):
-    """Submits through an executor and counts each future on a progress bar when it finishes."""
-
-    def __init__(self, target: cf.Executor, bar: ProgressBar, chunked: bool) -> None:
-        self._target = target
-        self._bar = bar
-        self._chunked = chunked
-
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> cf.Future[T]:
-        future = self._target.submit(fn, *args, **kwargs)
-        weight = len(args[0]) if self._chunked else 1
-        future.add_done_callback(partial(self._bar.on_done, n=weight))
-        return future
-
-
-def _with_bar(results: Iterator[T], bar: ProgressBar) -> Iterator[T]:
-    try:
-        yield from results
-    finally:
-        bar.close()
 
 
 def _timeout_of(fn: Callable[..., Any]) -> float | None:
@@ -247,14 +213,16 @@ class Executor(cf.Executor):
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> cf.Future[T]:
         """Schedule ``fn(*args, **kwargs)`` in a worker and return its future.
 
-        ``fn`` and the arguments are pickled here, in the caller's thread: if
-        one of them cannot be pickled, [`PicklingError`][safepool.PicklingError] names
-        it and nothing is queued.
+        ``fn`` and the arguments are pickled here, in the caller's thread. If
+        one of them cannot be pickled, the call is not queued and the future
+        returned has already failed with [`PicklingError`][safepool.PicklingError],
+        which names the path to it (``args[0].engine.pool._lock``), as the
+        stdlib puts its pickling error on the future. A ``KeyboardInterrupt``
+        while pickling is raised here: it may be a real Ctrl-C.
 
         Raises:
             RuntimeError: after [`shutdown()`][safepool.Executor.shutdown].
             safepool.InitializerError: if the executor is broken.
-            safepool.PicklingError: if the call cannot be sent to a worker.
             TypeError: if ``fn`` is not callable.
         """
         return self._submit(fn, args, kwargs, _UNSET)
@@ -265,21 +233,37 @@ class Executor(cf.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        buffersize: int | None = None,
         progress: bool | str = False,
     ) -> Iterator[T]:
         """Like `map`(), run in the workers: an iterator of results, in order.
 
-        All calls are submitted at once. ``timeout`` is an overall deadline for
-        the iteration (``TimeoutError`` when it passes), not a per-task limit.
-        A task's exception is raised when its result is reached.
+        ``timeout`` is an overall deadline for the iteration, counted from this
+        call (``TimeoutError`` when it passes), not a per-task limit. A task's
+        exception, or the [`PicklingError`][safepool.PicklingError] of a call
+        that could not be sent, is raised when its result is reached.
         ``chunksize`` sends that many calls to a worker in one go; a per-task
         timeout then applies to each chunk.
 
+        ``buffersize`` (Python 3.14's, on every version): ``None`` submits
+        every call now, reading the whole input. An int *b* submits *b* chunks
+        now and one more each time a result is taken, so at most *b* times
+        ``chunksize`` items are read ahead and an endless iterator works. The
+        iterator keeps this executor alive while it is used, so (unlike the
+        stdlib's) results are never cut short by the executor being collected.
+
         ``progress=True`` (or a label) shows a progress bar that counts tasks
         as they finish: tqdm's if tqdm is installed, else a plain line on
-        stderr.
+        stderr. With a ``buffersize`` and inputs that have no ``len()``, the
+        bar shows a count without a total.
+
+        Raises:
+            TypeError: ``fn`` is not callable, or ``chunksize`` or
+                ``buffersize`` is not an int.
+            ValueError: ``chunksize`` or ``buffersize`` is below 1.
+            RuntimeError: after [`shutdown()`][safepool.Executor.shutdown].
         """
-        return self._map(fn, iterables, timeout, chunksize, _UNSET, progress)
+        return self._map(fn, iterables, timeout, chunksize, buffersize, _UNSET, progress)
 
     def options(self, *, timeout: float | EllipsisType | None = ...) -> ExecutorView:
         """A view of this executor whose ``submit``/``map`` use these per-call options.
@@ -308,8 +292,12 @@ class Executor(cf.Executor):
     def terminate_workers(self) -> None:
         """Stop now: cancel pending tasks and stop running ones and their process trees.
 
-        Running futures fail with [`TaskStoppedError`][safepool.TaskStoppedError]. Workers
-        get SIGTERM, then SIGKILL after ``kill_grace``. The executor is shut down.
+        Running futures fail with [`PoolStoppedError`][safepool.PoolStoppedError],
+        a `BrokenProcessPool`, as in Python 3.14. Each worker's
+        whole process tree (what its task started too) gets SIGTERM, then
+        SIGKILL after ``kill_grace``; this returns once the workers have exited
+        (the stdlib's returns at once and never escalates). The executor is
+        shut down: a later ``submit`` raises ``RuntimeError``.
         """
         self._shutdown(lambda: self._pool.stop("terminate_workers() was called", grace=1e9))
 
@@ -335,7 +323,10 @@ class Executor(cf.Executor):
         return self._pool.stop_task(future, "stop_task() was called")
 
     def kill_workers(self) -> None:
-        """Like [`terminate_workers()`][safepool.Executor.terminate_workers], but SIGKILL now."""
+        """Like [`terminate_workers()`][safepool.Executor.terminate_workers], but SIGKILL now.
+
+        Running futures fail with [`PoolStoppedError`][safepool.PoolStoppedError].
+        """
         self._shutdown(lambda: self._pool.stop("kill_workers() was called", grace=0.0))
 
     def __exit__(
@@ -360,18 +351,30 @@ class Executor(cf.Executor):
             raise
 
     def _submit(
-        self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: Any
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: Any,
+        payload: bytes | None = None,
     ) -> SafeFuture[T]:
+        """Queue a call (``payload``: the call, already pickled); a failed future if it
+        cannot be pickled."""
         check_callable(fn)
         if timeout is _UNSET:
             timeout = _timeout_of(fn)
             if timeout is None:
                 timeout = self._timeout
-        payload = dumps_call(fn, args, kwargs)
         future: SafeFuture[T] = SafeFuture()
         if self._log_unretrieved:
             future._report_unretrieved = True
             future._fn = fn  # named in the report, if there is one
+        if payload is None:
+            try:
+                payload = dumps_call(fn, args, kwargs)
+            except PicklingError as error:
+                self._pool.reject(future, error)
+                return future
         self._pool.submit(WorkItem(future, payload, timeout))
         return future
 
@@ -381,36 +384,60 @@ class Executor(cf.Executor):
         iterables: tuple[Iterable[Any], ...],
         timeout: float | None,
         chunksize: int,
+        buffersize: int | None,
         task_timeout: Any,
         progress: bool | str = False,
     ) -> Iterator[T]:
         check_callable(fn)
         check_positive_int(chunksize, "chunksize", allow_none=False)
+        check_buffersize(buffersize)
         check_timeout(timeout)
         if not isinstance(progress, (bool, str)):
             raise TypeError(f"progress must be a bool or a label, not {type(progress).__name__}")
         if task_timeout is _UNSET and _timeout_of(fn) is not None:
             task_timeout = _timeout_of(fn)
-        view: cf.Executor = self if task_timeout is _UNSET else ExecutorView(self, task_timeout)
+        calls: Iterator[Any] = zip(*iterables, strict=False)
         bar = None
         if progress is not False:
-            calls = list(zip(*iterables, strict=False))  # map takes them all at once anyway
-            iterables = tuple(map(list, zip(*calls, strict=True))) if calls else ()
-            label = progress if isinstance(progress, str) else getattr(fn, "__name__", None)
-            bar = ProgressBar(len(calls), label)
-            view = _ProgressView(view, bar, chunked=chunksize > 1)
-        try:
-            if chunksize == 1:
-                results: Iterator[Any] = cf.Executor.map(view, fn, *iterables, timeout=timeout)
+            if buffersize is None:  # map reads the whole input now anyway
+                listed = list(calls)
+                total: int | None = len(listed)
+                calls = iter(listed)
             else:
-                results = _flatten(cf.Executor.map(
-                    view, partial(run_chunk, fn), _chunks(iterables, chunksize), timeout=timeout
-                ))
-        except BaseException:
-            if bar is not None:
-                bar.close()
-            raise
-        return results if bar is None else _with_bar(results, bar)
+                total = known_length(iterables)
+            label = progress if isinstance(progress, str) else getattr(fn, "__name__", None)
+            bar = ProgressBar(total, label)
+        if chunksize > 1:
+            calls = chunked(calls, chunksize)
+        # A bound method: the iterator keeps this executor alive (see safepool._map).
+        submit = partial(self._submit_map_call, fn, chunksize > 1, task_timeout, bar)
+        return map_results(submit, calls, timeout=timeout, buffersize=buffersize,
+                           chunked=chunksize > 1, bar=bar)
+
+    def _submit_map_call(
+        self, fn: Callable[..., Any], chunked: bool, timeout: Any, bar: ProgressBar | None,
+        call: tuple[Any, ...],
+    ) -> cf.Future[Any] | list[cf.Future[Any]]:
+        """Submit one call of ``map``, or one chunk of calls.
+
+        A chunk that cannot be pickled as a whole is sent call by call instead (a
+        list of futures), so only the call that cannot be pickled fails, and the
+        calls before it in the chunk still deliver their results.
+        """
+        if not chunked:
+            return self._counted(self._submit(fn, call, {}, timeout), bar, 1)
+        runner = partial(run_chunk, fn)
+        try:
+            payload = dumps_call(runner, (call,), {})
+        except PicklingError:
+            return [self._counted(self._submit(fn, one, {}, timeout), bar, 1) for one in call]
+        return self._counted(self._submit(runner, (call,), {}, timeout, payload), bar, len(call))
+
+    @staticmethod
+    def _counted(future: SafeFuture[Any], bar: ProgressBar | None, n: int) -> cf.Future[Any]:
+        if bar is not None:
+            future.add_done_callback(partial(bar.on_done, n=n))
+        return future
 
 
 class ExecutorView(cf.Executor):
@@ -436,11 +463,16 @@ class ExecutorView(cf.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        buffersize: int | None = None,
         progress: bool | str = False,
     ) -> Iterator[T]:
-        """Like [`map()`][safepool.Executor.map], with this view's options."""
+        """Like [`map()`][safepool.Executor.map], with this view's options.
+
+        The iterator keeps the executor alive while it is used, so a view made
+        for one call (``pool.options(timeout=5).map(...)``) is safe.
+        """
         return self._executor._map(
-            fn, iterables, timeout, chunksize, self._task_timeout, progress
+            fn, iterables, timeout, chunksize, buffersize, self._task_timeout, progress
         )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

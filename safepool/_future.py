@@ -6,9 +6,13 @@
 * ``cancel()`` of a pending future notifies ``wait``/``as_completed`` at once,
   not only when the executor gets round to dropping it.
 * A failed future whose exception nobody retrieved (with ``result()`` or
-  ``exception()``) logs the error, with the child traceback, on the
-  ``safepool`` logger when it is garbage-collected, or at interpreter exit if
-  it is still alive then, like asyncio's "exception was never retrieved".
+  ``exception()``, or asyncio's ``_get_snapshot()`` on 3.15+) logs the error,
+  with the child traceback, on the ``safepool`` logger when it is
+  garbage-collected, or at interpreter exit if it is still alive then, like
+  asyncio's "exception was never retrieved".
+* A done-callback that raises anything, even ``SystemExit``, is logged and the
+  other callbacks still run: callbacks run on safepool's manager thread, which
+  must never die of one.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ __all__ = ["SafeFuture", "report_unretrieved"]
 T = TypeVar("T")
 
 _log = logging.getLogger("safepool")
+#: Where the stdlib logs a failing done-callback; safepool's futures log there too.
+_callback_log = logging.getLogger("concurrent.futures")
 #: Failed futures that must report an unretrieved exception, while they are alive.
 _unretrieved: weakref.WeakSet[SafeFuture[Any]] = weakref.WeakSet()
 _unretrieved_lock = threading.Lock()
@@ -89,6 +95,28 @@ class SafeFuture(Future[T]):
         if self._report_unretrieved and not self._retrieved:
             with _unretrieved_lock:
                 _unretrieved.add(self)
+
+    if hasattr(Future, "_get_snapshot"):  # 3.15+: how asyncio reads a future (gh-134173)
+
+        def _get_snapshot(self) -> tuple[bool, bool, Any, BaseException | None]:
+            snapshot: tuple[bool, bool, Any, BaseException | None]
+            snapshot = super()._get_snapshot()  # type: ignore[misc]
+            if snapshot[0]:
+                self._mark_retrieved()
+            return snapshot
+
+    def _invoke_callbacks(self) -> None:
+        # The stdlib catches only Exception: a callback raising SystemExit would
+        # skip the other callbacks and end the manager thread that ran it.
+        for callback in self._done_callbacks:  # type: ignore[attr-defined]
+            try:
+                callback(self)
+            except KeyboardInterrupt:
+                if threading.current_thread() is threading.main_thread():
+                    raise  # cancel() in the main thread: possibly a real Ctrl-C
+                _callback_log.exception("exception calling callback for %r", self)
+            except BaseException:
+                _callback_log.exception("exception calling callback for %r", self)
 
     def _mark_retrieved(self) -> None:
         if not self._retrieved and self.done():

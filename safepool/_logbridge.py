@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from safepool._context import THREAD_PREFIX
-from safepool._transport import LOG
+from safepool._transport import LOG, message
 
 __all__ = ["BridgeConfig", "LogDispatcher", "bridge_config", "install_bridge"]
 
@@ -100,16 +100,26 @@ def _encode(record: logging.LogRecord, formatter: logging.Formatter) -> bytes:
     if record.exc_info:
         data["exc_text"] = record.exc_text or formatter.formatException(record.exc_info)
     data["exc_info"] = None
+    # BaseException: an ``extra=`` value whose __reduce__ raises even SystemExit
+    # must not fail the task that logged it (workers ignore SIGINT, so a
+    # KeyboardInterrupt here is the value's too).
     try:
-        return pickle.dumps((LOG, data), _PROTOCOL)
-    except Exception:
+        return message(LOG, pickle.dumps(data, _PROTOCOL))
+    except BaseException:
         pass
     for key, value in data.items():  # an ``extra=`` value that cannot be pickled
         try:
             pickle.dumps(value, _PROTOCOL)
-        except Exception:
-            data[key] = repr(value)
-    return pickle.dumps((LOG, data), _PROTOCOL)
+        except BaseException:
+            data[key] = _safe_repr(value)
+    return message(LOG, pickle.dumps(data, _PROTOCOL))
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except BaseException:
+        return f"<{type(value).__qualname__} object (unprintable)>"
 
 
 def install_bridge(send: Callable[[bytes], None], config: BridgeConfig) -> None:
@@ -209,7 +219,7 @@ class LogDispatcher:
                     payload()
                 else:
                     self._handle(payload)
-            except Exception:  # a failing filter or callback must not stop the bridge
+            except BaseException:  # a failing handler or callback must not stop the bridge
                 _internal.exception("safepool could not handle a record from a worker")
 
     def _handle(self, data: dict[str, Any]) -> None:

@@ -78,6 +78,8 @@ from safepool._context import (
 from safepool._errors import (
     InitializerError,
     PicklingError,
+    PoolStoppedError,
+    RemoteError,
     ResourceSetupError,
     TaskStoppedError,
     TaskTimeoutError,
@@ -220,6 +222,45 @@ def _set_exception(future: SafeFuture[Any], exc: BaseException) -> None:
         pass
 
 
+def _unloadable(exc: BaseException) -> PicklingError:
+    """The error for a result the parent could not unpickle (only its own future fails)."""
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except BaseException:
+        text = type(exc).__name__
+    error = PicklingError(
+        "result", "unknown", f"it could not be unpickled in the parent: {text}",
+        "Return plain data (numbers, strings, lists, dicts, dataclasses) from tasks",
+    )
+    error.__cause__ = exc
+    return error
+
+
+def _summary(exc: BaseException) -> str:
+    """``Type: message`` of a worker's exception, as the worker saw it."""
+    if isinstance(exc, RemoteError):
+        return f"{exc.type_name}: {exc.message}"
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except BaseException:
+        return type(exc).__name__
+
+
+def _decode_record(body: memoryview, pid: int) -> dict[str, Any]:
+    """A worker's log record; a record that says why if it cannot be rebuilt here."""
+    try:
+        data = pickle.loads(body)
+        if isinstance(data, dict):
+            return data
+        raise TypeError(f"expected a dict, got {type(data).__name__}")
+    except BaseException as exc:  # an extra= value whose class raises while it is rebuilt
+        return {
+            "name": "safepool", "levelno": logging.WARNING, "levelname": "WARNING",
+            "msg": f"a log record from worker pid {pid} could not be rebuilt in the parent: "
+                   f"{type(exc).__name__}", "args": None,
+        }
+
+
 class Pool:
     """The state behind an [`Executor`][safepool.Executor], run by one manager thread."""
 
@@ -306,12 +347,7 @@ class Pool:
     def submit(self, item: WorkItem) -> None:
         """Queue ``item``; raise if the pool no longer accepts work."""
         with self._lock:
-            if self._broken is not None:
-                raise self._broken()
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            if _interpreter_exiting:
-                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            self._check_accepting()
             item.future._safepool = self
             self.counters.submitted += 1
             if self._failing_fast():
@@ -326,6 +362,24 @@ class Pool:
                 )
                 self._thread.start()
         self._wake()
+
+    def reject(self, future: SafeFuture[Any], error: BaseException) -> None:
+        """Fail a call that could not be sent (a pickling error), as a submitted task
+        that failed; raise instead, as ``submit`` would, if the pool accepts no work."""
+        with self._lock:
+            self._check_accepting()
+            future._safepool = self
+            self.counters.submitted += 1
+            self.counters.failed += 1
+        future.set_exception(error)
+
+    def _check_accepting(self) -> None:
+        if self._broken is not None:
+            raise self._broken()
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _interpreter_exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
     def shutdown(self, wait: bool, cancel_futures: bool) -> None:
         """Stop accepting work; optionally cancel what has not started; optionally wait."""
@@ -730,15 +784,10 @@ class Pool:
             worker.state = RETIRING
 
     def _handle(self, worker: _Worker, data: bytes) -> None:
-        try:
-            message = pickle.loads(data)
-        except Exception as exc:
-            self._on_undecodable_reply(worker, exc)
-            return
-        kind = message[0]
+        kind, rss, seconds, note, body = _transport.parse(data)
         if kind == _transport.LOG:
             if self._logs is not None:
-                self._logs.record(message[1])
+                self._logs.record(_decode_record(body, worker.pid))
                 worker.logged = bool(worker.inflight)
             return
         if worker.state == STARTING:
@@ -748,9 +797,9 @@ class Pool:
                 self._setup_error = None
                 self._make_idle(worker)
             elif kind == _transport.INIT_ERR:
-                self._on_initializer_error(worker, message)
+                self._on_initializer_error(worker, _transport.decode_error(body, worker.pid))
             elif kind == _transport.SETUP_ERR:
-                self._on_setup_error(worker, message)
+                self._on_setup_error(worker, note, _transport.decode_error(body, worker.pid))
             return
         if not worker.inflight:  # a late READY
             return
@@ -764,14 +813,19 @@ class Pool:
         if item.settled:  # timed out or stopped already; the reply raced the kill
             return
         if kind == _transport.OK:
-            self.counters.completed += 1
-            self._resolve(worker, _set_result, item.future, message[1])
+            try:
+                value = pickle.loads(body)
+            except BaseException as exc:  # even SystemExit: this thread gets no signals
+                self.counters.failed += 1
+                self._resolve(worker, _set_exception, item.future, _unloadable(exc))
+            else:
+                self.counters.completed += 1
+                self._resolve(worker, _set_result, item.future, value)
         else:
-            _, exc_bytes, type_name, text, tb_text, _trailer = message
-            error = _transport.decode_error(exc_bytes, type_name, text, tb_text, worker.pid)
             self.counters.failed += 1
-            self._resolve(worker, _set_exception, item.future, error)
-        self._after_task(worker, message[-1])
+            self._resolve(worker, _set_exception, item.future,
+                          _transport.decode_error(body, worker.pid))
+        self._after_task(worker, rss, note, seconds)
 
     def _resolve(
         self,
@@ -787,20 +841,8 @@ class Pool:
         else:
             setter(future, value)
 
-    def _on_undecodable_reply(self, worker: _Worker, exc: Exception) -> None:
-        item = worker.inflight.popleft() if worker.inflight else None
-        if item is not None and not item.settled:
-            error = PicklingError(
-                "result", "unknown", f"it could not be unpickled in the parent: {exc}"
-            )
-            error.__cause__ = exc
-            self.counters.failed += 1
-            self._resolve(worker, _set_exception, item.future, error)
-            self._after_task(worker, (0, None, 0.0))
-
-    def _after_task(self, worker: _Worker, trailer: tuple[int, str | None, float]) -> None:
+    def _after_task(self, worker: _Worker, rss: int, poison: str | None, seconds: float) -> None:
         worker.tasks += 1
-        rss, poison, seconds = trailer
         if self._avg_seconds == math.inf:
             self._avg_seconds = seconds
         else:
@@ -910,7 +952,7 @@ class Pool:
                 why = (f"{worker.killed_for}; this task had just started on the same worker "
                        "when the worker was stopped")
                 self._resolve(worker, _set_exception, item.future,
-                              TaskStoppedError(why, worker.pid))
+                              self._stopped(why, worker.pid))
             else:
                 self.counters.crashed += 1
                 self._resolve(worker, _set_exception, item.future,
@@ -1039,7 +1081,7 @@ class Pool:
     def _settle_stopped(self, worker: _Worker, item: WorkItem, reason: str) -> None:
         item.settled = True
         self.counters.stopped += 1
-        self._resolve(worker, _set_exception, item.future, TaskStoppedError(reason, worker.pid))
+        self._resolve(worker, _set_exception, item.future, self._stopped(reason, worker.pid))
 
     def _stop_busy(self, worker: _Worker, reason: str, everything: bool = True) -> None:
         """Fail a worker's running task (and, if ``everything``, those waiting in its
@@ -1062,7 +1104,14 @@ class Pool:
     def _stop_unsent(self, item: WorkItem, reason: str) -> None:
         """Fail a started task waiting to be re-sent."""
         self.counters.stopped += 1
-        _set_exception(item.future, TaskStoppedError(reason))
+        _set_exception(item.future, self._stopped(reason, None))
+
+    def _stopped(self, reason: str, pid: int | None) -> TaskStoppedError:
+        """The error of a task stopped on purpose: a PoolStoppedError (a BrokenProcessPool)
+        once the whole pool is being stopped, as the stdlib's terminate_workers() fails it."""
+        if self._stop_reason is not None:
+            return PoolStoppedError(reason, pid)
+        return TaskStoppedError(reason, pid)
 
     def _stop_running_tasks(self) -> None:
         self._stopping_handled = True
@@ -1080,22 +1129,20 @@ class Pool:
 
     # ------------------------------------------------------------------ broken
 
-    def _on_initializer_error(self, worker: _Worker, message: tuple[Any, ...]) -> None:
-        _, exc_bytes, type_name, text, tb_text, _ = message
-        cause = _transport.decode_error(exc_bytes, type_name, text, tb_text, worker.pid)
+    def _on_initializer_error(self, worker: _Worker, cause: BaseException) -> None:
         summary = (
-            f"the initializer failed in worker pid {worker.pid} with {type_name}: {text}; "
+            f"the initializer failed in worker pid {worker.pid} with {_summary(cause)}; "
             "the executor is broken (as in concurrent.futures) and accepts no more work"
         )
         self._break(lambda: InitializerError(summary), cause=cause)
         self._retire(worker)
 
-    def _on_setup_error(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+    def _on_setup_error(
+        self, worker: _Worker, name: str | None, cause: BaseException
+    ) -> None:
         """A resource failed to set up: fail what waits if no worker can serve it; back off."""
-        _, exc_bytes, type_name, text, tb_text, name = message
-        cause = _transport.decode_error(exc_bytes, type_name, text, tb_text, worker.pid)
         worker.state = RETIRING  # it exits by itself; not a boot crash
-        self._setup_failed(name, worker.pid, f"{type_name}: {text.strip()}", cause)
+        self._setup_failed(name, worker.pid, _summary(cause).strip(), cause)
 
     def _on_start_timeout(self, worker: _Worker) -> None:
         """A worker never got ready (a hung initializer or resource setup): kill it, back off."""

@@ -260,7 +260,7 @@ def _reduced_children(kids: _Children, obj: Any) -> None:
 # ------------------------------------------------------------------ search
 
 
-def _detached(exc: Exception) -> Exception:
+def _detached(exc: BaseException) -> BaseException:
     """``exc`` without tracebacks, whose frames would keep the searched objects alive.
 
     A traceback holds the frame that caught it, which holds the exception: a
@@ -286,19 +286,21 @@ class _Search:
         self._dead: set[int] = set()
         self._keep: list[Any] = []  # keeps the ids in _dead from being reused
 
-    def fails(self, obj: Any) -> Exception | None:
+    def fails(self, obj: Any) -> BaseException | None:
         self.left -= 1
         try:
             self._dumps(obj)
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise  # in the caller's thread it may be a real Ctrl-C: never swallowed
+        except BaseException as exc:  # SystemExit from a __reduce__ is a failure to pickle too
             return _detached(exc)
         return None
 
     def culprit(self, obj: Any, path: str, error: BaseException) -> Culprit:
-        reason = str(error) or type(error).__name__
+        reason = reason_of(error)
         return Culprit(path, obj, type_name(obj), reason, error, tuple(self._chain))
 
-    def descend(self, obj: Any, path: str, error: Exception, depth: int) -> Culprit | None:
+    def descend(self, obj: Any, path: str, error: BaseException, depth: int) -> Culprit | None:
         """The culprit inside ``obj`` (which fails), or ``None`` if ``obj`` fails only
         because it leads back to an object above it."""
         self._chain.append((path, obj))
@@ -308,7 +310,9 @@ class _Search:
                 return self.culprit(obj, path, error)
             try:
                 kids = _children(obj)
-            except Exception:  # its own __reduce_ex__ refuses: this is it
+            except KeyboardInterrupt:
+                raise
+            except BaseException:  # its own __reduce_ex__ refuses: this is it
                 return self.culprit(obj, path, error)
             avoid = self._on_chain | self._dead
             blocked = avoid.intersection(map(id, kids.objs))
@@ -336,7 +340,7 @@ class _Search:
 
     def _first_failing(
         self, objs: list[Any], candidates: Sequence[int], start: int
-    ) -> tuple[int, Exception] | None:
+    ) -> tuple[int, BaseException] | None:
         """The first position from ``start`` whose object fails alone, with its error."""
         while start < len(candidates) and self.left > 0:
             lo, hi = start, len(candidates)
@@ -377,8 +381,8 @@ def find_unpicklable(
         max_pickles: the most objects the search pickles (then it stops where it got).
         max_depth: the most levels below ``obj`` it goes.
 
-    Never raises an ``Exception`` of its own: if the search itself fails, ``obj``
-    is the culprit.
+    Never raises an exception of its own but ``KeyboardInterrupt``: if the search
+    itself fails, ``obj`` is the culprit.
     """
     search = _Search(dumps, max_pickles, max_depth)
     error = search.fails(obj)
@@ -386,10 +390,24 @@ def find_unpicklable(
         return None
     try:
         found = search.descend(obj, root, error, 0)
-    except Exception:
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
         found = None
-    return found or Culprit(root, obj, type_name(obj), str(error) or type(error).__name__,
-                            error, ((root, obj),))
+    return found or Culprit(root, obj, type_name(obj), reason_of(error), error, ((root, obj),))
+
+
+def reason_of(error: BaseException) -> str:
+    """Why pickling failed, in words: the error's message, or its type if it has none.
+
+    An error that is not an ``Exception`` (``SystemExit`` raised by a
+    ``__reduce__``, say) is named with its type, since its message alone (``1``)
+    says nothing.
+    """
+    text = str(error)
+    if not isinstance(error, Exception):
+        return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text or type(error).__name__
 
 
 def describe(culprit: Culprit) -> str:

@@ -156,6 +156,6 @@ def take_poison() -> str | None:
     """Why the worker was poisoned during the last task, clearing it; None if it was not."""
     if not _poison:
         return None
-    reason = "; ".join(_poison)
+    reason = "; ".join(_poison) or "poison_worker() was called"
     _poison.clear()
     return reason

@@ -10,24 +10,30 @@ made by ``dumps_call()`` in the thread that called ``submit``; an empty
 message asks the worker to exit. Several tasks may wait in a worker's pipe
 (prefetch, see ``_manager``); the worker runs them strictly in order.
 
-Worker -> parent: one pickled tuple per event, first item the kind:
+Worker -> parent: one message per event. Each starts with a fixed header,
+``kind`` (one byte), then ``rss``, ``seconds`` and a UTF-8 ``note`` (see
+[`message`][]), and a pickled body follows. The header is outside the pickle
+so that a body the parent cannot unpickle (a result whose class raises, even
+``SystemExit``, while it is rebuilt) still says which task it answers and
+whether the worker is about to exit: it fails that one future, and nothing
+else.
 
-* ``(READY,)`` once the worker has started and its initializer succeeded;
-* ``(OK, result, (rss, poison, seconds))`` after a task returned;
-* ``(ERR, exc_bytes, type_name, message, traceback_text, (rss, poison, seconds))``
-  after a task raised; ``exc_bytes`` is pickled separately so the parent can
-  fall back to a [`RemoteError`][safepool.RemoteError] if it cannot rebuild
-  the exception. ``rss`` is the worker's memory after the task (0 when not
-  measured), ``poison`` why the worker must be recycled (it then exits after
-  this reply without reading another task), or ``None``, and ``seconds`` how
-  long the task ran;
-* ``(SKIPPED,)`` for a task the parent stopped while it waited in the pipe
-  (the parent marked its number in the shared ``marks``, see ``_worker``);
-* ``(INIT_ERR, ..., None)`` when the initializer failed, and
-  ``(SETUP_ERR, ..., resource_name)`` when a resource's setup failed;
-* ``(LOG, record_dict)`` for each log record the worker's logging bridge
-  forwards (``_logbridge``), at any time, in the order they were logged, so a
-  task's records always come before its reply.
+* ``READY`` (no body) once the worker has started and its initializer succeeded;
+* ``OK``, body the pickled result, after a task returned;
+* ``ERR``, body ``(exc_bytes, type_name, message, traceback_text)``, after a
+  task raised; ``exc_bytes`` is pickled separately so the parent can fall
+  back to a [`RemoteError`][safepool.RemoteError] if it cannot rebuild the
+  exception. For both, ``rss`` is the worker's memory after the task (0 when
+  not measured), ``seconds`` how long the task ran, and ``note`` why the
+  worker must be recycled (it then exits after this reply without reading
+  another task), or empty;
+* ``SKIPPED`` (no body) for a task the parent stopped while it waited in the
+  pipe (the parent marked its number in the shared ``marks``, see ``_worker``);
+* ``INIT_ERR`` when the initializer failed, and ``SETUP_ERR`` (``note``: the
+  resource's name) when a resource's setup failed, with ``ERR``'s body;
+* ``LOG``, body a log record's dict, for each record the worker's logging
+  bridge forwards (``_logbridge``), at any time, in the order they were
+  logged, so a task's records always come before its reply.
 
 Every task gets exactly one reply, so a reply that cannot be decoded fails only
 that task's future and never desynchronises the pipe.
@@ -44,7 +50,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Mapping
 from multiprocessing.reduction import ForkingPickler
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from safepool._errors import PicklingError
@@ -64,12 +70,15 @@ __all__ = [
     "SETUP_ERR",
     "SKIPPED",
     "FrameReader",
+    "Message",
     "check_initargs",
     "decode_error",
     "dumps_call",
     "encode_error",
     "encode_result",
     "frame",
+    "message",
+    "parse",
     "write_all",
 ]
 
@@ -81,12 +90,11 @@ MARK_SLOTS = 64
 EXIT = b""
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
-# What pickling raises differs by type and Python version: PicklingError,
-# TypeError ("cannot pickle '_thread.lock' object"), AttributeError ("Can't
-# pickle local object"), RecursionError, even ValueError. Treat all as "cannot
-# be pickled".
-_PICKLE_FAILURES = (Exception,)
 
+
+#: kind, rss, seconds, length of the note that follows (see the module docstring).
+_HEADER = struct.Struct("!BQdH")
+_NOTE_MAX = 0xFFFF
 
 _LENGTH = struct.Struct("!i")
 _LONG_LENGTH = struct.Struct("!Q")
@@ -99,6 +107,32 @@ def frame(data: bytes) -> bytes:
     if len(data) > 0x7FFFFFFF:
         return _LENGTH.pack(-1) + _LONG_LENGTH.pack(len(data)) + data
     return _LENGTH.pack(len(data)) + data
+
+
+def message(
+    kind: int, body: bytes = b"", *, rss: int = 0, seconds: float = 0.0, note: str | None = None
+) -> bytes:
+    """A worker-to-parent message: the header, then ``body`` (already pickled)."""
+    noted = note.encode("utf-8", "replace")[:_NOTE_MAX] if note else b""
+    return _HEADER.pack(kind, max(rss, 0), seconds, len(noted)) + noted + body
+
+
+class Message(NamedTuple):
+    """A worker-to-parent message as [`parse`][] splits it; ``body`` is still pickled."""
+
+    kind: int
+    rss: int
+    seconds: float
+    note: str | None
+    body: memoryview
+
+
+def parse(data: bytes) -> Message:
+    """Split a message made by [`message`][] without unpickling its body."""
+    kind, rss, seconds, size = _HEADER.unpack_from(data)
+    start = _HEADER.size + size
+    note = data[_HEADER.size:start].decode("utf-8", "replace") if size else None
+    return Message(kind, rss, seconds, note, memoryview(data)[start:])
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -188,10 +222,6 @@ def _dumps(obj: Any) -> bytes:
     return buf.getvalue()
 
 
-def _reason(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
-
-
 def _diagnose(
     parts: list[tuple[str, Any]],
     dumps: Callable[[Any], object] | None = None,
@@ -224,11 +254,15 @@ def dumps_call(
 
     Raises [`PicklingError`][safepool.PicklingError] naming the path to the
     innermost object that cannot be pickled (``args[0].engine.pool._lock``),
-    its type, and what to do about it.
+    its type, and what to do about it, whatever pickling raised (even a
+    ``SystemExit`` from a ``__reduce__``) but ``KeyboardInterrupt``, which is
+    let through: in the caller's thread it may be a real Ctrl-C.
     """
     try:
         return _dumps((fn, args, kwargs))
-    except _PICKLE_FAILURES as exc:
+    except KeyboardInterrupt:
+        raise  # in the caller's thread, possibly a real Ctrl-C: never turned into an error
+    except BaseException as exc:  # even SystemExit, from an argument's __reduce__
         from safepool import _pickling
         from safepool._errors import PicklingError
 
@@ -236,7 +270,7 @@ def dumps_call(
         parts += [(f"args[{i}]", a) for i, a in enumerate(args)]
         parts += [(f"kwargs[{k!r}]", v) for k, v in kwargs.items()]
         error = _diagnose(parts) or PicklingError(
-            "the call", _pickling.type_name(fn), _reason(exc)
+            "the call", _pickling.type_name(fn), _pickling.reason_of(exc)
         )
         raise error from exc
 
@@ -259,24 +293,35 @@ def check_initargs(initargs: tuple[Any, ...]) -> None:
             raise error from culprit.error
 
 
-def encode_result(result: Any, trailer: Any) -> bytes:
-    """Encode a task's return value; an unpicklable one becomes a PicklingError reply.
+def encode_result(result: Any, *, rss: int = 0, seconds: float = 0.0,
+                  note: str | None = None) -> bytes:
+    """Encode a task's return value as an ``OK`` message.
 
-    The error names the path inside the result (``result.conn._sock``).
+    A result that cannot be pickled becomes an ``ERR`` message instead: a
+    [`PicklingError`][safepool.PicklingError] naming the path inside the result
+    (``result.conn._sock``) if pickling raised an ``Exception``; the original
+    exception, with its traceback, if it raised anything else (``SystemExit``
+    from a ``__reduce__``), as ``concurrent.futures`` delivers it.
     """
     try:
-        return pickle.dumps((OK, result, trailer), _PROTOCOL)
-    except _PICKLE_FAILURES as exc:
+        body = pickle.dumps(result, _PROTOCOL)
+    except BaseException as exc:  # workers ignore SIGINT: a KeyboardInterrupt is the result's
+        if not isinstance(exc, Exception):
+            return encode_error(exc, rss=rss, seconds=seconds, note=note)
         from safepool import _pickling
         from safepool._errors import PicklingError
 
-        error = _diagnose([("result", result)], _pickling.plain_dumps, returning=True)
+        try:
+            error = _diagnose([("result", result)], _pickling.plain_dumps, returning=True)
+        except BaseException:  # the diagnosis must never take the worker down
+            error = None
         if error is None:
             error = PicklingError(
-                "result", _pickling.type_name(result), _reason(exc),
+                "result", _pickling.type_name(result), _pickling.reason_of(exc),
                 "Return plain data (numbers, strings, lists, dicts, dataclasses) from tasks",
             )
-        return encode_error(error, trailer, tb_text="")
+        return encode_error(error, rss=rss, seconds=seconds, note=note, tb_text="")
+    return message(OK, body, rss=rss, seconds=seconds, note=note)
 
 
 def _type_name(exc: BaseException) -> str:
@@ -286,29 +331,40 @@ def _type_name(exc: BaseException) -> str:
 
 
 def encode_error(
-    exc: BaseException, trailer: Any, *, kind: int = ERR, tb_text: str | None = None
+    exc: BaseException,
+    *,
+    kind: int = ERR,
+    rss: int = 0,
+    seconds: float = 0.0,
+    note: str | None = None,
+    tb_text: str | None = None,
 ) -> bytes:
     """Encode an exception raised in the worker, with its traceback text.
 
-    The exception is pickled and unpickled here first: if either fails, a
-    [`RemoteError`][safepool.RemoteError] with the type name, message, traceback
-    and why (``pickling_error``: the path to what cannot be pickled, or why it
-    cannot be rebuilt) goes instead, so one odd exception can never break the pool.
+    The exception is pickled and unpickled here first: if either fails (with
+    any exception at all), a [`RemoteError`][safepool.RemoteError] with the type
+    name, message, traceback and why (``pickling_error``: the path to what
+    cannot be pickled, or why it cannot be rebuilt) goes instead, so one odd
+    exception can never break the pool.
     """
-    if tb_text is None:
-        tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     type_name = _type_name(exc)
+    if tb_text is None:
+        try:
+            tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        except BaseException:  # a __str__ that raises even SystemExit
+            tb_text = f"{type_name} (its traceback could not be formatted)\n"
     try:
-        message = str(exc)
-    except Exception:  # a broken __str__ must not take the worker down
-        message = f"<{type_name} with unprintable message>"
+        text = str(exc)
+    except BaseException:  # a broken __str__ must not take the worker down
+        text = f"<{type_name} with unprintable message>"
     exc_bytes, why = _pickle_exception(exc)
     if why is not None:
         from safepool._errors import RemoteError
 
-        error = RemoteError(type_name, message, tb_text, pickling_error=why)
+        error = RemoteError(type_name, text, tb_text, pickling_error=why)
         exc_bytes = pickle.dumps(error, _PROTOCOL)
-    return pickle.dumps((kind, exc_bytes, type_name, message, tb_text, trailer), _PROTOCOL)
+    body = pickle.dumps((exc_bytes, type_name, text, tb_text), _PROTOCOL)
+    return message(kind, body, rss=rss, seconds=seconds, note=note)
 
 
 def _pickle_exception(exc: BaseException) -> tuple[bytes, str | None]:
@@ -323,31 +379,43 @@ def _pickle_exception(exc: BaseException) -> tuple[bytes, str | None]:
         except BaseException:  # the diagnosis must never take the worker down
             culprit = None
         if culprit is None:
-            return b"", f"it could not be pickled: {type(error).__name__}: {error}"
+            return b"", f"it could not be pickled: {_describe_error(error)}"
         return b"", _pickling.describe(culprit)
     try:
         pickle.loads(exc_bytes)
     except BaseException as error:
-        return b"", f"it could not be rebuilt: {type(error).__name__}: {error}"
+        return b"", f"it could not be rebuilt: {_describe_error(error)}"
     return exc_bytes, None
 
 
-def decode_error(
-    exc_bytes: bytes, type_name: str, message: str, tb_text: str, pid: int | None
-) -> BaseException:
-    """Rebuild a worker's exception in the parent, its child traceback as ``__cause__``."""
+def _describe_error(error: BaseException) -> str:
+    """``Type: message``, even for an error whose ``__str__`` raises."""
+    try:
+        return f"{type(error).__name__}: {error}"
+    except BaseException:
+        return type(error).__name__
+
+
+def decode_error(body: bytes | memoryview, pid: int | None) -> BaseException:
+    """Rebuild a worker's exception (an ``ERR`` body) in the parent, its child
+    traceback as ``__cause__``; a [`RemoteError`][safepool.RemoteError] if it
+    cannot be rebuilt, whatever rebuilding it raised (even ``SystemExit``)."""
     from safepool._errors import RemoteError, RemoteTraceback
 
+    exc_bytes, type_name, text, tb_text = pickle.loads(body)  # bytes and strings only
     exc: BaseException
     try:
         exc = pickle.loads(exc_bytes)
         if not isinstance(exc, BaseException):
             raise TypeError(f"expected an exception, got {type(exc).__name__}")
-    except Exception as error:
-        why = f"it could not be rebuilt in the parent: {type(error).__name__}: {error}"
-        exc = RemoteError(type_name, message, tb_text, pid, why)
+    except BaseException as error:  # the manager thread gets no signals: this is the pickle's
+        why = f"it could not be rebuilt in the parent: {_describe_error(error)}"
+        exc = RemoteError(type_name, text, tb_text, pid, why)
     if isinstance(exc, RemoteError) and exc.pid is None:
         exc.pid = pid
     if tb_text:  # object.__setattr__ also works on frozen dataclass exceptions
-        object.__setattr__(exc, "__cause__", RemoteTraceback(tb_text, pid))
+        try:
+            object.__setattr__(exc, "__cause__", RemoteTraceback(tb_text, pid))
+        except (AttributeError, TypeError):  # pragma: no cover - a C type that refuses it
+            pass
     return exc

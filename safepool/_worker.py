@@ -141,7 +141,7 @@ def worker_main(
         try:
             initializer(*initargs)
         except BaseException as exc:
-            send(_transport.encode_error(exc, None, kind=_transport.INIT_ERR))
+            send(_transport.encode_error(exc, kind=_transport.INIT_ERR))
             return
     runtime = WorkerResources(resources) if resources else None
     if runtime is not None:
@@ -149,9 +149,9 @@ def worker_main(
             runtime.setup()
         except BaseException as exc:
             name = getattr(exc, "safepool_resource", None)
-            send(_transport.encode_error(exc, name, kind=_transport.SETUP_ERR))
+            send(_transport.encode_error(exc, kind=_transport.SETUP_ERR, note=name))
             return
-    send(pickle.dumps((_transport.READY,)))
+    send(_transport.message(_transport.READY))
     try:
         _serve(conn, send, runtime, max_memory, marks)
     finally:
@@ -175,7 +175,7 @@ def _serve(
         rss_of = lambda: me.memory_info().rss  # noqa: E731
 
     reader = _transport.FrameReader(conn.fileno())
-    skipped = pickle.dumps((_transport.SKIPPED,))
+    skipped = _transport.message(_transport.SKIPPED)
     slots = _transport.MARK_SLOTS
     number = 0
     while True:
@@ -197,13 +197,32 @@ def _serve(
             return  # the parent saw why in the reply; tasks behind this one never start
 
 
+def _note(exc: BaseException, text: str) -> None:
+    """Add a note to ``exc`` (3.11+), shown in its traceback; nothing on 3.10."""
+    add_note = getattr(exc, "add_note", None)
+    if add_note is not None:
+        try:
+            add_note(text)
+        except Exception:  # pragma: no cover - an exception type that refuses notes
+            pass
+
+
 def _run_task(
     data: bytes, rss_of: Callable[[], int], runtime: WorkerResources | None
 ) -> tuple[bytes, int, str | None]:
-    """Run one task; its reply, the worker's RSS after it, and why it poisoned the worker."""
+    """Run one task; its reply, the worker's RSS after it, and why it poisoned the worker.
+
+    Whatever the task, its arguments or its result raise, even ``SystemExit``
+    while they are unpickled or pickled, becomes this task's reply: nothing a
+    task sends can end the worker's loop.
+    """
     began = time.perf_counter()
     try:
-        fn, args, kwargs = pickle.loads(data)
+        try:
+            fn, args, kwargs = pickle.loads(data)
+        except BaseException as exc:
+            _note(exc, "raised while the worker unpickled the task's function and arguments")
+            raise
         if runtime is not None:
             runtime.before_task()
         result = fn(*args, **kwargs)
@@ -212,12 +231,19 @@ def _run_task(
             runtime.after_task(Outcome(exception=exc))
         tb = exc.__traceback__
         # Start the child traceback at the task's own frame, not at this one.
-        tb_text = "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
+        try:
+            tb_text = "".join(
+                traceback.format_exception(type(exc), exc, tb.tb_next if tb else None)
+            )
+        except BaseException:  # a __str__ that raises: encode_error says so
+            tb_text = None
         rss, poison = rss_of(), take_poison()
-        trailer = (rss, poison, time.perf_counter() - began)
-        return _transport.encode_error(exc, trailer, tb_text=tb_text), rss, poison
+        seconds = time.perf_counter() - began
+        reply = _transport.encode_error(exc, rss=rss, seconds=seconds, note=poison,
+                                        tb_text=tb_text)
+        return reply, rss, poison
     if runtime is not None:
         runtime.after_task(Outcome(result=result))
     rss, poison = rss_of(), take_poison()
-    trailer = (rss, poison, time.perf_counter() - began)
-    return _transport.encode_result(result, trailer), rss, poison
+    seconds = time.perf_counter() - began
+    return _transport.encode_result(result, rss=rss, seconds=seconds, note=poison), rss, poison

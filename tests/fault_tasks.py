@@ -1,7 +1,9 @@
 """The task outcomes the fault suite draws from, and how each one must end.
 
-``run(kind, token, scratch)`` does what ``kind`` says in a worker; ``expect(kind, token)``
-returns a check for the future (or, for ``unpicklable_arg``, for the submit call).
+``run(kind, token, scratch, payload(kind))`` does what ``kind`` says in a worker;
+``expect(kind, token)`` returns a check for the future. The kinds whose argument or result
+raises while it is pickled or rebuilt raise BaseExceptions that are not Exceptions
+(``tests/hostile_pickles.py``): each must fail only its own future.
 Module-level so that workers can import it under forkserver and spawn.
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import safepool
+from tests import hostile_pickles as hp
 
 #: How long tasks drawn to time out may run.
 TASK_TIMEOUT = 0.4
@@ -31,6 +34,12 @@ KINDS = (
     "raise_unrebuildable",
     "unpicklable_result",
     "unpicklable_arg",
+    "arg_exits_on_pickle",
+    "arg_interrupts_on_unpickle",
+    "result_exits_on_pickle",
+    "result_exits_on_unpickle",
+    "raise_reduce_raises",
+    "raise_rebuild_interrupts",
     "segfault",
     "sigkill",
     "exit0",
@@ -82,9 +91,28 @@ PROBE = safepool.Resource("probe", probe_setup, after=probe_after)
 # ------------------------------------------------------------------ the task
 
 
+def payload(kind: str) -> Any:
+    """The argument a task of ``kind`` is sent with (made in the parent)."""
+    if kind == "unpicklable_arg":
+        return threading.Lock()
+    if kind == "arg_exits_on_pickle":
+        return hp.RaisesOnPickle(SystemExit)
+    if kind == "arg_interrupts_on_unpickle":
+        return hp.RaisesWhenRebuiltElsewhere(KeyboardInterrupt)
+    return None
+
+
 def run(kind: str, token: int, scratch: str, _payload: Any = None) -> Any:
-    if kind in ("value", "unpicklable_arg"):
+    if kind in ("value", "unpicklable_arg", "arg_exits_on_pickle", "arg_interrupts_on_unpickle"):
         return token
+    if kind == "result_exits_on_pickle":
+        return hp.RaisesOnPickle(GeneratorExit)
+    if kind == "result_exits_on_unpickle":
+        return hp.RaisesWhenRebuiltElsewhere(SystemExit)
+    if kind == "raise_reduce_raises":
+        raise hp.ReduceRaises(hp.CustomBase)
+    if kind == "raise_rebuild_interrupts":
+        raise hp.RebuildRaises(KeyboardInterrupt)
     if kind == "raise":
         raise ValueError(f"task {token} raised")
     if kind == "raise_unpicklable":
@@ -127,7 +155,7 @@ def run(kind: str, token: int, scratch: str, _payload: Any = None) -> Any:
 def expect(kind: str, token: int) -> Callable[[Any], None]:
     """A check that raises AssertionError unless ``outcome`` is what ``kind`` must give.
 
-    ``outcome`` is the future, or for ``unpicklable_arg`` the exception submit raised.
+    ``outcome`` is the future.
     """
 
     def returns(future: Any) -> None:
@@ -159,7 +187,28 @@ def expect(kind: str, token: int) -> Callable[[Any], None]:
         "unpicklable_result": fails_with(
             safepool.PicklingError, lambda e: e.what == "result"
         ),
-        "unpicklable_arg": lambda error: _check_submit_error(error),
+        "unpicklable_arg": fails_with(safepool.PicklingError, lambda e: e.what == "args[3]"),
+        "arg_exits_on_pickle": fails_with(
+            safepool.PicklingError,
+            lambda e: e.what == "args[3]" and "SystemExit" in e.reason,
+        ),
+        "arg_interrupts_on_unpickle": fails_with(
+            KeyboardInterrupt, lambda e: str(e) == "raised while unpickling"
+        ),
+        "result_exits_on_pickle": fails_with(
+            GeneratorExit, lambda e: str(e) == "raised while pickling"
+        ),
+        "result_exits_on_unpickle": fails_with(
+            safepool.PicklingError,
+            lambda e: e.what == "result" and isinstance(e.__cause__, SystemExit),
+        ),
+        "raise_reduce_raises": fails_with(
+            safepool.RemoteError, lambda e: "CustomBase" in e.pickling_error
+        ),
+        "raise_rebuild_interrupts": fails_with(
+            safepool.RemoteError,
+            lambda e: "rebuilt in the parent: KeyboardInterrupt" in e.pickling_error,
+        ),
         "segfault": crashed(-signal.SIGSEGV),
         "sigkill": crashed(-signal.SIGKILL),
         "exit0": crashed(0),
@@ -168,11 +217,6 @@ def expect(kind: str, token: int) -> Callable[[Any], None]:
         "grandchild_timeout": fails_with(safepool.TaskTimeoutError),
     }
     return checks[kind]
-
-
-def _check_submit_error(error: Any) -> None:
-    assert isinstance(error, safepool.PicklingError), repr(error)
-    assert error.what == "args[3]", error.what
 
 
 #: Which Stats counter each kind ends in.
@@ -184,6 +228,13 @@ COUNTER = {
     "raise_unpicklable": "failed",
     "raise_unrebuildable": "failed",
     "unpicklable_result": "failed",
+    "unpicklable_arg": "failed",
+    "arg_exits_on_pickle": "failed",
+    "arg_interrupts_on_unpickle": "failed",
+    "result_exits_on_pickle": "failed",
+    "result_exits_on_unpickle": "failed",
+    "raise_reduce_raises": "failed",
+    "raise_rebuild_interrupts": "failed",
     "segfault": "crashed",
     "sigkill": "crashed",
     "exit0": "crashed",

@@ -51,28 +51,28 @@ def test_exceptions_that_cannot_cross_become_remote_error(make_pool, fn, type_na
     assert pool.submit(tasks.add, 4).result(timeout=30) == 4
 
 
-def test_unpicklable_argument_fails_at_submit_naming_it(make_pool):
+def test_unpicklable_argument_fails_its_future_naming_it(make_pool):
     pool = make_pool(1)
     with pytest.raises(safepool.PicklingError) as info:
-        pool.submit(tasks.add, 1, threading.Lock())
+        pool.submit(tasks.add, 1, threading.Lock()).result(timeout=0)
     assert info.value.what == "args[1]"
     assert "args[1] (type _thread.lock)" in str(info.value)
     assert "as a worker resource" in str(info.value)
     with pytest.raises(TypeError, match=r"kwargs\['b'\]"):
-        pool.submit(tasks.add, 1, b=threading.Lock())
+        pool.submit(tasks.add, 1, b=threading.Lock()).result(timeout=0)
     assert pool.submit(tasks.add, 1).result(timeout=30) == 1
 
 
-def test_unpicklable_function_fails_at_submit_with_advice(make_pool):
+def test_unpicklable_function_fails_its_future_with_advice(make_pool):
     pool = make_pool(1)
     with pytest.raises(safepool.PicklingError, match=r"the function .*module level"):
-        pool.submit(lambda: 1)
+        pool.submit(lambda: 1).result(timeout=0)
 
     def nested():
         return 1
 
     with pytest.raises(safepool.PicklingError, match="module level"):
-        pool.submit(nested)
+        pool.submit(nested).result(timeout=0)
 
 
 def test_unpicklable_result_fails_only_that_future_naming_its_type(make_pool):

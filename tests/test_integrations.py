@@ -146,7 +146,7 @@ def test_passing_an_engine_or_connection_fails_with_a_worker_resource_hint(postg
         with safepool.Executor(1) as pool:
             for obj in (engine, conn):
                 with pytest.raises(safepool.PicklingError, match="worker resource") as info:
-                    pool.submit(it.sql_scalar, obj)
+                    pool.submit(it.sql_scalar, obj).result(timeout=0)
                 assert info.value.what.startswith("args[0]")
                 assert f"args[0] is a {type(obj).__module__}" in str(info.value)
     finally:

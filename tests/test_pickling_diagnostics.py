@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import functools
 import multiprocessing
 import pickle
@@ -11,15 +12,18 @@ import pytest
 
 import safepool
 from safepool import _pickling
+from tests import hostile_pickles
 from tests import pickling_tasks as pt
 
 RESOURCE_HINT = "declare it as a worker resource"
 
 
 def submit_error(pool, fn, *args, **kwargs) -> safepool.PicklingError:
-    with pytest.raises(safepool.PicklingError) as info:
-        pool.submit(fn, *args, **kwargs)
-    return info.value
+    future = pool.submit(fn, *args, **kwargs)  # never raises for a pickling error
+    assert future.done()  # it failed at once, in the caller's thread
+    error = future.exception(timeout=0)
+    assert isinstance(error, safepool.PicklingError), repr(error)
+    return error
 
 
 # ------------------------------------------------------------------ paths
@@ -124,16 +128,54 @@ def test_a_generator_says_to_pass_plain_data(make_pool):
     assert "worker resource" not in str(error)
 
 
-def test_the_error_is_raised_at_submit_and_nothing_is_queued(make_pool):
+def test_the_error_is_on_the_future_and_nothing_is_queued(make_pool):
     pool = make_pool(1)
     threads = set(threading.enumerate())
+    future = pool.submit(pt.identity, pt.Box(lock=threading.Lock()))
     with pytest.raises(safepool.PicklingError) as info:
-        pool.submit(pt.identity, pt.Box(lock=threading.Lock()))
+        future.result(timeout=0)
     assert info.value.what == "args[0].lock"
     assert isinstance(info.value.__cause__, TypeError)  # pickle's own error, not a worker's
     assert not isinstance(info.value.__cause__, safepool.RemoteTraceback)
     assert pool._processes == {}  # no worker was started for it
     assert set(threading.enumerate()) == threads  # not even the pool's manager thread
+    assert pool.submit(pt.add, 2, 3).result(timeout=30) == 5
+
+
+def test_earlier_futures_survive_a_later_call_that_does_not_pickle(make_pool):
+    """The stdlib convention: ``[pool.submit(f, x) for x in xs]`` loses nothing."""
+    pool = make_pool(1)
+    futures = [pool.submit(pt.identity, x) for x in (1, threading.Lock(), 3)]
+    assert [f.result(timeout=30) for f in (futures[0], futures[2])] == [1, 3]
+    assert isinstance(futures[1].exception(timeout=0), safepool.PicklingError)
+    done = set(cf.as_completed(futures, timeout=30))  # as_completed sees the failure too
+    assert done == set(futures)
+    stats = pool.stats()
+    assert (stats.submitted, stats.completed, stats.failed) == (3, 2, 1)
+
+
+def test_map_raises_the_pickling_error_when_iteration_reaches_it(make_pool):
+    pool = make_pool(1)
+    results = pool.map(pt.identity, [1, threading.Lock(), 3])
+    assert next(results) == 1
+    with pytest.raises(safepool.PicklingError) as info:
+        next(results)
+    assert info.value.what == "args[0]"
+
+
+def test_a_submit_after_shutdown_raises_even_if_the_call_does_not_pickle(make_pool):
+    pool = make_pool(1)
+    pool.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(pt.identity, threading.Lock())
+
+
+def test_keyboard_interrupt_while_pickling_is_raised_by_submit(make_pool):
+    """A Ctrl-C in the caller's thread is never swallowed into a future."""
+    pool = make_pool(1)
+    with pytest.raises(KeyboardInterrupt):
+        pool.submit(pt.identity, hostile_pickles.RaisesOnPickle(KeyboardInterrupt))
+    assert pool.stats().submitted == 0
     assert pool.submit(pt.add, 2, 3).result(timeout=30) == 5
 
 
@@ -264,3 +306,19 @@ def test_initargs_may_hold_a_multiprocessing_queue(method):
         queue.close()
         queue.join_thread()
         del queue  # freed now: the leak checker sees its semaphores and pipes go
+
+
+def test_chunked_map_raises_at_the_call_that_does_not_pickle_not_before(make_pool):
+    """A chunk that cannot be pickled as a whole is sent call by call: the calls before
+    the bad one, in the same chunk, still deliver their results."""
+    pool = make_pool(1)
+    items = [0, 1, 2, threading.Lock(), 4, 5]
+    results = pool.map(pt.identity, items, chunksize=4)
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(safepool.PicklingError) as info:
+        next(results)
+    assert info.value.what == "args[0]"  # the call's own path, not the chunk's
+    pool.shutdown()
+    stats = pool.stats()  # the first chunk went as 4 calls, one of which failed; then [4, 5]
+    assert (stats.submitted, stats.failed) == (5, 1)
+    assert stats.completed + stats.cancelled == 4  # [4, 5] may have run before the cancel

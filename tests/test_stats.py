@@ -8,7 +8,6 @@ import time
 from concurrent.futures import wait
 
 import psutil
-import pytest
 
 import safepool
 from tests import obs_tasks
@@ -158,8 +157,10 @@ def test_sums_hold_under_a_mixed_workload_and_concurrent_readers(make_pool):
     assert snapshots and all(s.submitted <= 40 for s in snapshots)
 
 
-def test_submit_time_rejection_is_not_counted(make_pool):
+def test_a_call_that_does_not_pickle_counts_as_submitted_and_failed(make_pool):
     pool = make_pool(1)
-    with pytest.raises(safepool.PicklingError):
-        pool.submit(obs_tasks.succeed, threading.Lock())
-    assert pool.stats().submitted == 0
+    future = pool.submit(obs_tasks.succeed, threading.Lock())
+    assert isinstance(future.exception(timeout=0), safepool.PicklingError)
+    stats = pool.stats()
+    assert (stats.submitted, stats.failed, stats.completed) == (1, 1, 0)
+    assert accounted(stats) == 1

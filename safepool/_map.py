@@ -1,0 +1,176 @@
+"""``Executor.map``: submit calls (at most ``buffersize`` ahead) and hand back results in order.
+
+The semantics are those of Python 3.14's ``Executor.map``, on every version:
+
+* ``buffersize=None``: every call is submitted when ``map`` is called, so the
+  whole input is read at once.
+* ``buffersize=b``: ``map`` reads and submits the first ``b`` calls (or
+  chunks), and each ``next()`` submits one more, if input remains, before it
+  waits for the oldest. An endless input works.
+* ``timeout`` is one deadline for the whole iteration, counted from the
+  ``map`` call. When it passes, or a result raises, or the iterator is closed
+  (even before its first result), the calls not yet started are cancelled.
+
+Unlike the stdlib's, the iterator holds a strong reference to whatever submits
+the calls (an executor, an ``options()`` view, a progress wrapper): with only
+a weak one, as in 3.14, a short-lived view would be collected mid-iteration and
+the results silently cut short.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from itertools import islice
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from safepool._progress import ProgressBar
+
+__all__ = ["MapIterator", "check_buffersize", "chunked", "known_length", "map_results"]
+
+T = TypeVar("T")
+
+
+def check_buffersize(buffersize: Any) -> None:
+    """Refuse a ``buffersize`` the stdlib refuses, with the stdlib's messages."""
+    if buffersize is not None and not isinstance(buffersize, int):
+        raise TypeError("buffersize must be an integer or None")
+    if buffersize is not None and buffersize < 1:
+        raise ValueError("buffersize must be None or > 0")
+
+
+def chunked(calls: Iterator[tuple[Any, ...]], size: int) -> Iterator[tuple[tuple[Any, ...], ...]]:
+    """The argument tuples in ``calls``, ``size`` at a time (the last chunk may be shorter)."""
+    while chunk := tuple(islice(calls, size)):
+        yield chunk
+
+
+def known_length(iterables: tuple[Iterable[Any], ...]) -> int | None:
+    """How many calls ``zip(*iterables)`` makes, if every input has a length."""
+    try:
+        return min((len(it) for it in iterables), default=0)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+#: What submitting one call (or chunk) of a map gives: its future, or, for a chunk that
+#: could not be pickled as a whole and was sent call by call, the future of each call.
+Submitted = Future[Any] | list[Future[Any]]
+
+
+def map_results(
+    submit: Callable[[Any], Submitted],
+    calls: Iterator[Any],
+    *,
+    timeout: float | None,
+    buffersize: int | None,
+    chunked: bool = False,
+    bar: ProgressBar | None = None,
+) -> MapIterator[Any]:
+    """Submit ``calls`` with ``submit`` as ``buffersize`` allows, now; the results, lazily.
+
+    ``chunked``: each call is a chunk whose result is a list, handed out item by
+    item. ``bar`` is closed when the iteration ends. Exceptions from ``submit``
+    (the executor was shut down, say) propagate from this call for the first
+    calls, and from ``next()`` for later ones.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        if buffersize is None:
+            pending = deque(submit(call) for call in calls)
+            more = None
+        else:
+            pending = deque(submit(call) for call in islice(calls, buffersize))
+            more = calls
+    except BaseException:
+        if bar is not None:
+            bar.close()
+        raise
+    return MapIterator(pending, submit, more, deadline, chunked, bar)
+
+
+class MapIterator(Iterator[T]):
+    """The results of a ``map`` call, in order.
+
+    ``close()``, even before the first result, cancels the calls that have
+    not started; the ones running finish. Dropping it cancels nothing, as with
+    the stdlib: ``pool.map(fn, items)`` run only for its side effects, then
+    ``shutdown()``, runs every call.
+    """
+
+    def __init__(
+        self,
+        pending: deque[Submitted],
+        submit: Callable[[Any], Submitted],
+        more: Iterator[Any] | None,
+        deadline: float | None,
+        chunked: bool,
+        bar: ProgressBar | None,
+    ) -> None:
+        self._pending = pending
+        self._submit = submit
+        self._more = more
+        self._deadline = deadline
+        self._chunked = chunked
+        self._bar = bar
+        self._chunk: deque[T] = deque()  # results of the chunk being handed out
+        self._split: deque[Future[Any]] = deque()  # a chunk sent call by call, being handed out
+
+    def __iter__(self) -> MapIterator[T]:
+        return self
+
+    def __next__(self) -> T:
+        if self._chunk:
+            return self._chunk.popleft()
+        try:
+            if self._split:
+                return _result_or_cancel(self._split.popleft(), self._deadline)  # type: ignore[no-any-return]
+            while self._pending:
+                if self._more is not None:
+                    call = next(self._more, _END)
+                    if call is _END:
+                        self._more = None
+                    else:
+                        self._pending.append(self._submit(call))
+                head = self._pending.popleft()
+                if isinstance(head, list):  # a chunk that could not be pickled as a whole
+                    self._split.extend(head)
+                    return _result_or_cancel(self._split.popleft(), self._deadline)  # type: ignore[no-any-return]
+                value = _result_or_cancel(head, self._deadline)
+                if not self._chunked:
+                    return value  # type: ignore[no-any-return]
+                self._chunk.extend(value)
+                if self._chunk:
+                    return self._chunk.popleft()
+        except BaseException:
+            self.close()
+            raise
+        self.close()
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop: cancel the calls not started yet (idempotent)."""
+        self._more = None
+        while self._split:
+            self._split.popleft().cancel()
+        while self._pending:
+            head = self._pending.popleft()
+            for future in head if isinstance(head, list) else (head,):
+                future.cancel()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+_END: Any = object()
+
+
+def _result_or_cancel(future: Future[Any], deadline: float | None) -> Any:
+    try:
+        return future.result(None if deadline is None else deadline - time.monotonic())
+    finally:
+        future.cancel()  # only a future that has not started: a timeout or an interrupt
+        del future
