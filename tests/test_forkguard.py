@@ -26,7 +26,7 @@ import pytest
 import safepool
 from tests import services, tasks
 from tests.hazards import closed_loopback_port, mqtt_client, mqtt_close
-from tests.services import importorskip
+from tests.services import import_unless_known_missing, importorskip
 
 # The service fixtures, for as long as tests/conftest.py does not load tests.services.
 postgres_dsn = services.postgres_dsn
@@ -285,13 +285,14 @@ def test_live_thread_is_named():
 @pytest.fixture
 def everything_unsafe(postgres_dsn, tmp_path) -> Iterator[None]:
     """A thread, an SQLAlchemy engine with a connection, psycopg2 and psycopg connections and
-    pools, and a Kafka producer, all alive for the test, all closed after it."""
+    pools, and a Kafka producer (where confluent-kafka can be installed), all alive for the test,
+    all closed after it."""
     sa = importorskip("sqlalchemy")
     psycopg2 = importorskip("psycopg2")
     psycopg2_pool = importorskip("psycopg2.pool")
     psycopg = importorskip("psycopg")
     psycopg_pool = importorskip("psycopg_pool")
-    kafka = importorskip("confluent_kafka")
+    kafka = import_unless_known_missing("confluent_kafka")
     stop = threading.Event()
     thread = threading.Thread(target=stop.wait, name=tag())
     thread.start()
@@ -301,12 +302,16 @@ def everything_unsafe(postgres_dsn, tmp_path) -> Iterator[None]:
     pg2_pool = psycopg2_pool.SimpleConnectionPool(1, 1, postgres_dsn)
     pg3 = psycopg.connect(postgres_dsn)
     pg3_pool = psycopg_pool.ConnectionPool(postgres_dsn, min_size=1, open=True)
-    producer = kafka.Producer({"bootstrap.servers": "127.0.0.1:9", "log_level": 0})
+    producer = (
+        None if kafka is None
+        else kafka.Producer({"bootstrap.servers": "127.0.0.1:9", "log_level": 0})
+    )
     try:
         assert fork_warnings("fork")  # they are seen with fork
         yield
     finally:
-        _close_kafka(producer)
+        if producer is not None:
+            _close_kafka(producer)
         pg3_pool.close()
         pg3.close()
         pg2_pool.closeall()
@@ -333,14 +338,15 @@ def test_no_warning_without_fork_even_with_everything_unsafe_alive(
 def test_no_warning_with_fork_when_everything_was_closed(postgres_dsn, tmp_path):
     sa = importorskip("sqlalchemy")
     psycopg2 = importorskip("psycopg2")
-    kafka = importorskip("confluent_kafka")
+    kafka = import_unless_known_missing("confluent_kafka")
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     engine.connect().close()
     engine.dispose()
     psycopg2.connect(postgres_dsn).close()
-    producer = kafka.Producer({"bootstrap.servers": "127.0.0.1:9", "log_level": 0})
-    _close_kafka(producer)
-    del producer
+    if kafka is not None:
+        producer = kafka.Producer({"bootstrap.servers": "127.0.0.1:9", "log_level": 0})
+        _close_kafka(producer)
+        del producer
     thread = threading.Thread(target=lambda: None, name=tag())
     thread.start()
     thread.join()
