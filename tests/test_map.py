@@ -196,3 +196,13 @@ def test_progress_with_a_sized_input_and_buffersize_knows_the_total(make_pool, b
         list(range(9))
     (bar,) = bars
     assert (bar.total, bar.done) == (9, 9)
+
+
+def test_a_chunked_map_closes_like_any_other(make_pool, fifo):
+    pool = make_pool(1)
+    results = pool.map(tasks.note_start_then_sleep, [fifo.path] * 6, list("abcdef"),
+                       [0.3] * 6, chunksize=2, buffersize=3)
+    fifo.line()  # the first chunk is running
+    results.close()
+    pool.shutdown()
+    assert pool.stats().cancelled == 2  # the other two chunks never started
