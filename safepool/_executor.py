@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import os
+import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
@@ -209,6 +210,16 @@ class Executor(cf.Executor):
     @property
     def _processes(self) -> dict[int, BaseProcess]:
         return self._pool.processes()
+
+    @property
+    def _executor_manager_thread(self) -> threading.Thread | None:
+        # The thread that runs the pool (None until the first submit), as the stdlib's.
+        return self._pool.manager_thread
+
+    @property
+    def _broken(self) -> str | bool:
+        # Why the executor is broken (a failed initializer), or False, as the stdlib's.
+        return self._pool.broken_reason() or False
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> cf.Future[T]:
         """Schedule ``fn(*args, **kwargs)`` in a worker and return its future.

@@ -454,6 +454,16 @@ class Pool:
         if thread is not None and thread is not threading.current_thread():
             self._done.wait(timeout)
 
+    @property
+    def manager_thread(self) -> threading.Thread | None:
+        """The manager thread, once the first task was submitted."""
+        return self._thread
+
+    def broken_reason(self) -> str | None:
+        """Why the pool accepts no more work because it broke (not a shutdown), if it did."""
+        make = self._broken
+        return None if make is None else str(make())
+
     def processes(self) -> dict[int, BaseProcess]:
         """A snapshot of the live worker processes, by pid."""
         return {w.pid: w.process for w in list(self._workers.values())}

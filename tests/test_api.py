@@ -161,6 +161,20 @@ def test_failing_initializer_breaks_the_executor_without_hanging(make_pool):
         assert "in failing_initializer" in str(original.__cause__)  # with its child traceback
     with pytest.raises(cf.process.BrokenProcessPool):
         pool.submit(tasks.add, 1)
+    assert "initializer exploded" in pool._broken  # the stdlib's private view, for its tests
+
+
+def test_the_stdlibs_private_views_read_the_pool(make_pool):
+    """CPython's own tests read these ProcessPoolExecutor internals."""
+    pool = make_pool(1)
+    assert (pool._executor_manager_thread, pool._broken) == (None, False)
+    worker = pool.submit(tasks.pid).result(timeout=30)
+    assert pool._executor_manager_thread.name == "safepool-manager"
+    assert list(pool._processes) == [worker]
+    assert (pool._max_workers, pool._mp_context.get_start_method()) == (1, pool.start_method)
+    pool.shutdown()
+    assert not pool._executor_manager_thread.is_alive()
+    assert pool._broken is False  # shut down, not broken
 
 
 def test_every_future_resolves_exactly_once(make_pool):
