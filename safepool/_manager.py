@@ -633,11 +633,16 @@ class Pool:
         if not (self._pending or self._retry):
             return
         batches: dict[_Worker, list[bytes]] = {}
-        while self._idle:
+        # A worker running its last task before recycling may already have its
+        # replacement (early replacement): that one waits, idle and ready, so that
+        # no more than max_workers tasks ever run at once.
+        room = self.max_workers - sum(w.state == BUSY for w in self._workers.values())
+        while self._idle and room > 0:
             item = self._next_item()
             if item is None:
                 break
             self._assign(self._idle.pop(), item, batches)
+            room -= 1
         if self._avg_seconds < _PREFETCH_BELOW and (self._pending or self._retry):
             self._prefetch(batches)
         for worker, frames in batches.items():
@@ -711,8 +716,10 @@ class Pool:
         their connections, than max_workers allows. Without either, a worker
         that takes no more work (its last task before recycling is sent, or it
         is being killed) does not hold its place: its replacement starts at
-        once, so recycling and timeouts cost no idle time. At most
-        twice max_workers processes exist even then.
+        once, so recycling and timeouts cost no idle time; it takes work once
+        its predecessor's last task is done (``_dispatch``). At most twice
+        max_workers processes exist even then, and never more than max_workers
+        tasks run at once.
         """
         waiting = len(self._pending) + len(self._retry) - len(self._idle)
         if waiting <= 0:
@@ -992,10 +999,12 @@ class Pool:
         worker.marks.close()
         if worker.sentinel != worker.process.sentinel:
             os.close(worker.sentinel)
-        try:
-            worker.process.close()
-        except ValueError:  # pragma: no cover - still running after join(1.0)
-            pass
+        # Release the process's fds now, but leave the Process object usable
+        # (join(), exitcode, is_alive()) for code that kept it from the _processes
+        # view, as the stdlib's are: Process.close() would make them raise.
+        popen = getattr(worker.process, "_popen", None)
+        if popen is not None and popen.poll() is not None:
+            popen.close()
 
     # --------------------------------------------------------------- deadlines
 
@@ -1225,9 +1234,12 @@ class Pool:
             ProcessTree(worker.pid).signal(signal.SIGKILL)
 
     def _close(self) -> None:
-        """Release the pool's own fds once every worker is gone."""
+        """Release the pool's own fds, and the application's objects it holds to start
+        workers, once every worker is gone (futures keep the pool alive)."""
         with self._lock:
             self._shutdown = True
+        # A multiprocessing Queue in initargs holds semaphores and a feeder thread.
+        self._initializer, self._initargs, self._resources = None, (), ()
         if self._logs is not None:
             self._logs.close(timeout=_LOG_DRAIN_TIMEOUT)
         for fd in (self._wake_r, self._wake_w):

@@ -31,6 +31,17 @@ def pid_after(seconds):
     return os.getpid()
 
 
+class Marker:
+    """A plain picklable object, to watch with a weak reference."""
+
+
+def span(seconds):
+    """Sleep; when it ran, on the system-wide monotonic clock (comparable across processes)."""
+    start = time.monotonic()
+    time.sleep(seconds)
+    return start, time.monotonic()
+
+
 def sleep_forever(fifo=None):
     if fifo:
         notify(fifo, f"started {os.getpid()}")

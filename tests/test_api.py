@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import gc
 import multiprocessing
 import sys
 import time
+import weakref
 
 import pytest
 
@@ -356,3 +358,37 @@ def test_the_forkserver_preloads_the_executor_only_when_workers_will_import_it(m
     monkeypatch.setitem(sys.modules, "__main__", light)
     monkeypatch.setitem(sys.modules, "safepool._task", types.ModuleType("safepool._task"))
     assert _context._workers_need_executor() is True  # @safepool.task modules import it
+
+
+def test_a_process_kept_from_the_processes_view_stays_usable_after_its_worker_is_gone(
+    make_pool, fifo
+):
+    """As with the stdlib (CPython's tests join() such a process after stopping the pool)."""
+    pool = make_pool(1, max_tasks_per_child=1)
+    pid = pool.submit(tasks.pid).result(timeout=30)
+    kept = pool._processes.get(pid)
+    pool.submit(tasks.add, 1).result(timeout=30)  # the first worker was recycled meanwhile
+    if kept is not None:  # (it may have been recycled before the view was read)
+        kept.join(timeout=30)
+        assert (kept.is_alive(), kept.exitcode) == (False, 0)
+    pool.submit(tasks.note_start_then_sleep, fifo.path, "running", 60)
+    pid = int(fifo.line().split()[1])
+    worker = pool._processes[pid]
+    pool.kill_workers()
+    worker.join(timeout=30)
+    assert (worker.is_alive(), worker.exitcode) == (False, -9)
+
+
+def test_a_finished_pool_holds_no_initargs(method):
+    """Futures keep their pool alive (for Ctrl-C and stop_task); once it is finished, the
+    pool must not keep the application's initargs (a Queue's semaphores) alive with it."""
+    marker = tasks.Marker()
+    ref = weakref.ref(marker)
+    pool = safepool.Executor(1, method, initializer=tasks.set_state, initargs=(marker,))
+    future = pool.submit(tasks.add, 1)
+    assert future.result(timeout=30) == 1
+    pool.shutdown()
+    del marker, pool
+    gc.collect()
+    assert ref() is None
+    assert future.done()

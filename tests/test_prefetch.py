@@ -140,16 +140,23 @@ def test_stopping_the_running_task_re_sends_those_waiting_behind_it(make_pool, f
 
 
 def test_a_recycled_worker_is_replaced_while_its_last_task_runs(make_pool, fifo, gate):
-    # No resources, no initializer: the replacement need not wait for the old worker.
+    # No resources, no initializer: the replacement need not wait for the old worker to
+    # exit. It starts at once, but takes work only once the last task is done: with
+    # max_workers=1, tasks still run one at a time.
     pool = make_pool(1, max_tasks_per_child=1)
     head = pool.submit(pt.note_then_wait, fifo.path, "head", gate)
     tag, pid = fifo.line().split()
-    assert pool.submit(pt.note, fifo.path, "next").result(timeout=30) == "next"
-    tag, next_pid = fifo.line().split()
-    assert tag == "next" and next_pid != pid
-    assert not head.done()  # the first worker's last task is still running
+    following = pool.submit(pt.note, fifo.path, "next")
+    _wait_until(lambda: len(pool._processes) == 2, "the replacement has started")
+    _wait_until(lambda: any(w.state == "idle" for w in pool.stats().workers),
+                "the replacement is ready")
+    assert not head.done()  # the first worker's last task is still running...
+    assert fifo.pending() == ""  # ...and the next task waits for it
     _open_gate(gate)
     assert head.result(timeout=30) == "head"
+    assert following.result(timeout=30) == "next"
+    tag, next_pid = fifo.line().split()
+    assert tag == "next" and next_pid != pid
 
 
 def test_tasks_waiting_behind_a_stopped_task_are_stopped_with_the_pool(make_pool, fifo, gate):

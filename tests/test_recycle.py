@@ -50,3 +50,19 @@ def test_max_memory_per_child_replaces_a_worker_that_grew(make_pool):
     assert grown == small[0]
     after = pool.submit(tasks.pid).result(timeout=30)
     assert after != grown  # crossed the limit: replaced after that task
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_recycling_never_runs_more_than_max_workers_tasks_at_once(make_pool, workers):
+    """A replacement may start while its predecessor runs its last task (recycling costs
+    no idle time), but it takes work only once that task is done: max_workers bounds the
+    tasks running at once, as in the stdlib."""
+    pool = make_pool(workers, max_tasks_per_child=1)
+    futures = [pool.submit(tasks.span, 0.3) for _ in range(3 * workers)]
+    spans = [f.result(timeout=60) for f in futures]
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    running = peak = 0
+    for _, change in events:
+        running += change
+        peak = max(peak, running)
+    assert peak == workers, spans
