@@ -175,6 +175,7 @@ def test_the_stdlibs_private_views_read_the_pool(make_pool):
     assert list(pool._processes) == [worker]
     assert (pool._max_workers, pool._mp_context.get_start_method()) == (1, pool.start_method)
     pool.shutdown()
+    pool._executor_manager_thread.join(timeout=10)  # it ends right after shutdown() returns
     assert not pool._executor_manager_thread.is_alive()
     assert pool._broken is False  # shut down, not broken
 
