@@ -77,7 +77,6 @@ from safepool._context import (
 )
 from safepool._errors import (
     InitializerError,
-    PicklingError,
     PoolStoppedError,
     RemoteError,
     ResourceSetupError,
@@ -222,28 +221,11 @@ def _set_exception(future: SafeFuture[Any], exc: BaseException) -> None:
         pass
 
 
-def _unloadable(exc: BaseException) -> PicklingError:
-    """The error for a result the parent could not unpickle (only its own future fails)."""
-    try:
-        text = f"{type(exc).__name__}: {exc}"
-    except BaseException:
-        text = type(exc).__name__
-    error = PicklingError(
-        "result", "unknown", f"it could not be unpickled in the parent: {text}",
-        "Return plain data (numbers, strings, lists, dicts, dataclasses) from tasks",
-    )
-    error.__cause__ = exc
-    return error
-
-
 def _summary(exc: BaseException) -> str:
     """``Type: message`` of a worker's exception, as the worker saw it."""
     if isinstance(exc, RemoteError):
         return f"{exc.type_name}: {exc.message}"
-    try:
-        return f"{type(exc).__name__}: {exc}"
-    except BaseException:
-        return type(exc).__name__
+    return _transport.describe_error(exc)
 
 
 def _decode_record(body: memoryview, pid: int) -> dict[str, Any]:
@@ -838,7 +820,8 @@ class Pool:
                 value = pickle.loads(body)
             except BaseException as exc:  # even SystemExit: this thread gets no signals
                 self.counters.failed += 1
-                self._resolve(worker, _set_exception, item.future, _unloadable(exc))
+                self._resolve(worker, _set_exception, item.future,
+                              _transport.unloadable_result(exc))
             else:
                 self.counters.completed += 1
                 self._resolve(worker, _set_result, item.future, value)

@@ -50,7 +50,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Mapping
 from multiprocessing.reduction import ForkingPickler
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from safepool._errors import PicklingError
@@ -73,12 +73,14 @@ __all__ = [
     "Message",
     "check_initargs",
     "decode_error",
+    "describe_error",
     "dumps_call",
     "encode_error",
     "encode_result",
     "frame",
     "message",
     "parse",
+    "unloadable_result",
     "write_all",
 ]
 
@@ -90,6 +92,8 @@ MARK_SLOTS = 64
 EXIT = b""
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
+#: What to do about a result that cannot cross back to the parent.
+_RESULT_HINT = "Return plain data (numbers, strings, lists, dicts, dataclasses) from tasks"
 
 
 #: kind, rss, seconds, length of the note that follows (see the module docstring).
@@ -117,14 +121,9 @@ def message(
     return _HEADER.pack(kind, max(rss, 0), seconds, len(noted)) + noted + body
 
 
-class Message(NamedTuple):
-    """A worker-to-parent message as [`parse`][] splits it; ``body`` is still pickled."""
-
-    kind: int
-    rss: int
-    seconds: float
-    note: str | None
-    body: memoryview
+#: A worker-to-parent message as [`parse`][] splits it: kind, rss, seconds, note, and
+#: the body, still pickled (a plain tuple: one is parsed per reply).
+Message = tuple[int, int, float, "str | None", memoryview]
 
 
 def parse(data: bytes) -> Message:
@@ -132,7 +131,7 @@ def parse(data: bytes) -> Message:
     kind, rss, seconds, size = _HEADER.unpack_from(data)
     start = _HEADER.size + size
     note = data[_HEADER.size:start].decode("utf-8", "replace") if size else None
-    return Message(kind, rss, seconds, note, memoryview(data)[start:])
+    return kind, rss, seconds, note, memoryview(data)[start:]
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -317,8 +316,7 @@ def encode_result(result: Any, *, rss: int = 0, seconds: float = 0.0,
             error = None
         if error is None:
             error = PicklingError(
-                "result", _pickling.type_name(result), _pickling.reason_of(exc),
-                "Return plain data (numbers, strings, lists, dicts, dataclasses) from tasks",
+                "result", _pickling.type_name(result), _pickling.reason_of(exc), _RESULT_HINT
             )
         return encode_error(error, rss=rss, seconds=seconds, note=note, tb_text="")
     return message(OK, body, rss=rss, seconds=seconds, note=note)
@@ -379,16 +377,31 @@ def _pickle_exception(exc: BaseException) -> tuple[bytes, str | None]:
         except BaseException:  # the diagnosis must never take the worker down
             culprit = None
         if culprit is None:
-            return b"", f"it could not be pickled: {_describe_error(error)}"
+            return b"", f"it could not be pickled: {describe_error(error)}"
         return b"", _pickling.describe(culprit)
     try:
         pickle.loads(exc_bytes)
     except BaseException as error:
-        return b"", f"it could not be rebuilt: {_describe_error(error)}"
+        return b"", f"it could not be rebuilt: {describe_error(error)}"
     return exc_bytes, None
 
 
-def _describe_error(error: BaseException) -> str:
+def unloadable_result(exc: BaseException) -> PicklingError:
+    """The error for a result the parent could not unpickle, ``exc`` as its cause.
+
+    Its type is "unknown": the parent never got to rebuild it.
+    """
+    from safepool._errors import PicklingError
+
+    error = PicklingError(
+        "result", "unknown", f"it could not be unpickled in the parent: {describe_error(exc)}",
+        _RESULT_HINT,
+    )
+    error.__cause__ = exc
+    return error
+
+
+def describe_error(error: BaseException) -> str:
     """``Type: message``, even for an error whose ``__str__`` raises."""
     try:
         return f"{type(error).__name__}: {error}"
@@ -409,7 +422,7 @@ def decode_error(body: bytes | memoryview, pid: int | None) -> BaseException:
         if not isinstance(exc, BaseException):
             raise TypeError(f"expected an exception, got {type(exc).__name__}")
     except BaseException as error:  # the manager thread gets no signals: this is the pickle's
-        why = f"it could not be rebuilt in the parent: {_describe_error(error)}"
+        why = f"it could not be rebuilt in the parent: {describe_error(error)}"
         exc = RemoteError(type_name, text, tb_text, pid, why)
     if isinstance(exc, RemoteError) and exc.pid is None:
         exc.pid = pid
