@@ -15,10 +15,11 @@ from types import EllipsisType, TracebackType
 from typing import Any, TypeVar
 
 from safepool._context import resolve_context
+from safepool._engine import Engine
 from safepool._errors import PicklingError
 from safepool._forkguard import warn_if_fork_unsafe
 from safepool._future import SafeFuture
-from safepool._manager import Pool, WorkItem
+from safepool._manager import Pool
 from safepool._map import check_buffersize, chunked, known_length, map_results
 from safepool._progress import ProgressBar
 from safepool._resources import Resource, order_resources
@@ -158,7 +159,7 @@ class Executor(cf.Executor):
         ordered = order_resources(resources, check_pickling=context.get_start_method() != "fork")
         backoff_max = check_timeout(setup_backoff_max, "setup_backoff_max") or 5.0
         warn_if_fork_unsafe(context, stacklevel=2)
-        self._pool = Pool(
+        self._engine: Engine = Pool(
             context=context,
             max_workers=workers,
             initializer=initializer,
@@ -175,14 +176,14 @@ class Executor(cf.Executor):
         )
         self._log_unretrieved = bool(log_unretrieved)
         # An executor dropped without shutdown() still releases its workers.
-        weakref.finalize(self, self._pool.shutdown, False, False)
+        weakref.finalize(self, self._engine.shutdown, False, False)
 
     # ------------------------------------------------------------------ public
 
     @property
     def max_workers(self) -> int:
         """The most worker processes this executor runs at once."""
-        return self._pool.max_workers
+        return self._engine.max_workers
 
     def stats(self) -> Stats:
         """A snapshot of the workers and of the task totals since the executor was made.
@@ -190,36 +191,36 @@ class Executor(cf.Executor):
         Cheap enough to call often (tens of microseconds per worker, most of
         it one ``/proc`` read for its memory); safe from any thread.
         """
-        return self._pool.stats()
+        return self._engine.stats()
 
     @property
     def start_method(self) -> str:
         """The start method of this executor's workers: forkserver, spawn or fork."""
-        return self._pool.context.get_start_method()
+        return self._engine.context.get_start_method()
 
     # Read-only views under the stdlib's private names, so code and tests written
     # against ProcessPoolExecutor's internals (CPython's own suite does) keep working.
     @property
     def _max_workers(self) -> int:
-        return self._pool.max_workers
+        return self._engine.max_workers
 
     @property
     def _mp_context(self) -> BaseContext:
-        return self._pool.context
+        return self._engine.context
 
     @property
     def _processes(self) -> dict[int, BaseProcess]:
-        return self._pool.processes()
+        return self._engine.processes()
 
     @property
     def _executor_manager_thread(self) -> threading.Thread | None:
         # The thread that runs the pool (None until the first submit), as the stdlib's.
-        return self._pool.manager_thread
+        return self._engine.manager_thread
 
     @property
     def _broken(self) -> str | bool:
         # Why the executor is broken (a failed initializer), or False, as the stdlib's.
-        return self._pool.broken_reason() or False
+        return self._engine.broken_reason() or False
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> cf.Future[T]:
         """Schedule ``fn(*args, **kwargs)`` in a worker and return its future.
@@ -298,7 +299,7 @@ class Executor(cf.Executor):
                 every worker has exited.
             cancel_futures: cancel the futures that have not started yet.
         """
-        self._shutdown(lambda: self._pool.shutdown(wait, cancel_futures))
+        self._shutdown(lambda: self._engine.shutdown(wait, cancel_futures))
 
     def terminate_workers(self) -> None:
         """Stop now: cancel pending tasks and stop running ones and their process trees.
@@ -310,7 +311,7 @@ class Executor(cf.Executor):
         (the stdlib's returns at once and never escalates). The executor is
         shut down: a later ``submit`` raises ``RuntimeError``.
         """
-        self._shutdown(lambda: self._pool.stop("terminate_workers() was called", grace=1e9))
+        self._shutdown(lambda: self._engine.stop("terminate_workers() was called", grace=1e9))
 
     def stop_task(self, future: cf.Future[Any]) -> bool:
         """Stop one task, running or not; the executor carries on.
@@ -329,16 +330,16 @@ class Executor(cf.Executor):
         Raises:
             ValueError: if ``future`` was not returned by this executor.
         """
-        if not isinstance(future, SafeFuture) or future._safepool is not self._pool:
+        if not isinstance(future, SafeFuture) or future._safepool is not self._engine:
             raise ValueError("stop_task() takes a future returned by this executor's submit/map")
-        return self._pool.stop_task(future, "stop_task() was called")
+        return self._engine.stop_task(future, "stop_task() was called")
 
     def kill_workers(self) -> None:
         """Like [`terminate_workers()`][safepool.Executor.terminate_workers], but SIGKILL now.
 
         Running futures fail with [`PoolStoppedError`][safepool.PoolStoppedError].
         """
-        self._shutdown(lambda: self._pool.stop("kill_workers() was called", grace=0.0))
+        self._shutdown(lambda: self._engine.stop("kill_workers() was called", grace=0.0))
 
     def __exit__(
         self,
@@ -347,7 +348,7 @@ class Executor(cf.Executor):
         exc_tb: TracebackType | None,
     ) -> bool | None:
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
-            self._pool.interrupt()
+            self._engine.interrupt()
         else:
             self.shutdown(wait=True)
         return None
@@ -358,7 +359,7 @@ class Executor(cf.Executor):
         try:
             action()
         except KeyboardInterrupt:
-            self._pool.interrupt()
+            self._engine.interrupt()
             raise
 
     def _submit(
@@ -382,11 +383,11 @@ class Executor(cf.Executor):
             future._fn = fn  # named in the report, if there is one
         if payload is None:
             try:
-                payload = dumps_call(fn, args, kwargs)
+                payload = self._engine.dumps(fn, args, kwargs)
             except PicklingError as error:
-                self._pool.reject(future, error)
+                self._engine.reject(future, error)
                 return future
-        self._pool.submit(WorkItem(future, payload, timeout))
+        self._engine.submit(future, payload, timeout)
         return future
 
     def _map(
@@ -439,7 +440,7 @@ class Executor(cf.Executor):
             return self._counted(self._submit(fn, call, {}, timeout), bar, 1)
         runner = partial(run_chunk, fn)
         try:
-            payload = dumps_call(runner, (call,), {})
+            payload = self._engine.dumps(runner, (call,), {})
         except PicklingError:
             return [self._counted(self._submit(fn, one, {}, timeout), bar, 1) for one in call]
         return self._counted(self._submit(runner, (call,), {}, timeout, payload), bar, len(call))

@@ -23,13 +23,10 @@ import weakref
 from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from safepool._errors import TaskStoppedError
 from safepool._worker import run_chunk
-
-if TYPE_CHECKING:
-    from safepool._manager import Pool
 
 __all__ = ["SafeFuture", "report_unretrieved"]
 
@@ -62,10 +59,17 @@ def report_unretrieved() -> None:
         future._report()
 
 
+class _Interruptible(Protocol):
+    """The future's view of its engine (``safepool._engine.Engine``)."""
+
+    def interrupt(self) -> None: ...
+
+
 class SafeFuture(Future[T]):
     """The future of a task submitted to a [`safepool.Executor`][safepool.Executor]."""
 
-    _safepool: Pool | None = None
+    #: The engine that runs it: Ctrl-C while waiting on the future stops that engine.
+    _safepool: _Interruptible | None = None
     #: What ran, named in the unretrieved-exception report (e.g. ``app.jobs.fetch()``).
     _fn: Any = None
     #: Whether an exception nobody retrieves is logged (``Executor(log_unretrieved=)``).

@@ -59,7 +59,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import InvalidStateError
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
@@ -326,8 +326,14 @@ class Pool:
 
     # ------------------------------------------------------------------ callers
 
-    def submit(self, item: WorkItem) -> None:
-        """Queue ``item``; raise if the pool no longer accepts work."""
+    def dumps(self, fn: Callable[..., Any], args: tuple[Any, ...],
+              kwargs: Mapping[str, Any]) -> bytes:
+        """Pickle a call for a worker (see ``safepool._transport.dumps_call``)."""
+        return _transport.dumps_call(fn, args, kwargs)
+
+    def submit(self, future: SafeFuture[Any], payload: bytes, timeout: float | None) -> None:
+        """Queue the pickled call ``payload``; raise if the pool no longer accepts work."""
+        item = WorkItem(future, payload, timeout)
         with self._lock:
             self._check_accepting()
             item.future._safepool = self

@@ -41,7 +41,7 @@ def default_executor() -> Executor:
     """
     global _default
     with _default_lock:
-        if _default is None or _default._pool.is_shutdown:
+        if _default is None or _default._engine.is_shutdown:
             _default = Executor()
         return _default
 

@@ -41,7 +41,7 @@ def _open_gate(gate: str) -> None:
 
 def _waiting_in_pipe(pool: safepool.Executor) -> int:
     """How many tasks wait in the pipes of busy workers (white-box: the manager's view)."""
-    return sum(max(0, len(w.inflight) - 1) for w in list(pool._pool._workers.values()))
+    return sum(max(0, len(w.inflight) - 1) for w in list(pool._engine._workers.values()))
 
 
 def _wait_until(predicate, what: str, timeout: float = 20.0) -> None:

@@ -116,4 +116,4 @@ def test_a_long_timeout_does_not_keep_finished_tasks_alive(make_pool):
     gc.collect()
     assert sum(r() is not None for r in refs) == 0
     # Stale deadlines are dropped once they pile up (safepool internals, on purpose).
-    assert len(pool._pool._deadlines) <= 1024 + 8 * pool.max_workers + 1
+    assert len(pool._engine._deadlines) <= 1024 + 8 * pool.max_workers + 1
