@@ -118,12 +118,17 @@ _AVERAGE_WEIGHT = 0.1
 class WorkItem:
     """One submitted call: its future, its pickled payload and its timeout."""
 
-    __slots__ = ("future", "no", "payload", "settled", "timeout")
+    __slots__ = ("future", "no", "payload", "raw", "settled", "timeout")
 
-    def __init__(self, future: SafeFuture[Any], payload: bytes, timeout: float | None) -> None:
+    def __init__(
+        self, future: SafeFuture[Any], payload: bytes, timeout: float | None, raw: bool = False
+    ) -> None:
         self.future = future
         self.payload = payload
         self.timeout = timeout
+        # Resolve the future with the worker's reply as it came, (kind, body, pid),
+        # not unpickled: a node pool on a cluster passes it on to the client as is.
+        self.raw = raw
         self.no = 0  # its number on the worker it was sent to (the worker counts the same)
         self.settled = False  # its future was failed before the worker answered (timeout, stop)
 
@@ -331,9 +336,17 @@ class Pool:
         """Pickle a call for a worker (see ``safepool._transport.dumps_call``)."""
         return _transport.dumps_call(fn, args, kwargs)
 
-    def submit(self, future: SafeFuture[Any], payload: bytes, timeout: float | None) -> None:
-        """Queue the pickled call ``payload``; raise if the pool no longer accepts work."""
-        item = WorkItem(future, payload, timeout)
+    def submit(
+        self, future: SafeFuture[Any], payload: bytes, timeout: float | None, raw: bool = False
+    ) -> None:
+        """Queue the pickled call ``payload``; raise if the pool no longer accepts work.
+
+        ``raw=True``: the future's result is the worker's reply as it came,
+        ``(kind, body, pid)`` with ``kind`` ``_transport.OK`` or ``ERR``, for a
+        caller that passes it on unread (see ``safepool._dask``). Failures the
+        parent itself decides (a timeout, a crash, a stop) are still exceptions.
+        """
+        item = WorkItem(future, payload, timeout, raw)
         with self._lock:
             self._check_accepting()
             item.future._safepool = self
@@ -821,7 +834,13 @@ class Pool:
             return
         if item.settled:  # timed out or stopped already; the reply raced the kill
             return
-        if kind == _transport.OK:
+        if item.raw:
+            if kind == _transport.OK:
+                self.counters.completed += 1
+            else:
+                self.counters.failed += 1
+            self._resolve(worker, _set_result, item.future, (kind, bytes(body), worker.pid))
+        elif kind == _transport.OK:
             try:
                 value = pickle.loads(body)
             except BaseException as exc:  # even SystemExit: this thread gets no signals
