@@ -19,7 +19,7 @@ from safepool._engine import Engine
 from safepool._errors import PicklingError
 from safepool._forkguard import warn_if_fork_unsafe
 from safepool._future import SafeFuture
-from safepool._manager import Pool
+from safepool._local import Pool
 from safepool._map import check_buffersize, chunked, known_length, map_results
 from safepool._progress import ProgressBar
 from safepool._resources import Resource, order_resources

@@ -8,7 +8,7 @@ read many messages with one system call and write many with one.
 Parent -> worker: one message per task, the pickled ``(fn, args, kwargs)``
 made by ``dumps_call()`` in the thread that called ``submit``; an empty
 message asks the worker to exit. Several tasks may wait in a worker's pipe
-(prefetch, see ``_manager``); the worker runs them strictly in order.
+(prefetch, see ``_local.dispatch``); the worker runs them strictly in order.
 
 Worker -> parent: one message per event. Each starts with a fixed header,
 ``kind`` (one byte), then ``rss``, ``seconds`` and a UTF-8 ``note`` (see
