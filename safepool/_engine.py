@@ -27,17 +27,29 @@ __all__ = ["Engine"]
 class Engine(Protocol):
     """The engine behind one executor. Every method is safe from any thread."""
 
-    #: The most tasks it runs at once (on a cluster: per Dask worker).
-    max_workers: int
     #: The start method of its worker processes.
     context: BaseContext
+
+    @property
+    def max_workers(self) -> int:
+        """The most worker processes at once (on a cluster: per Dask worker)."""
+
+    @property
+    def future_class(self) -> Callable[[], SafeFuture[Any]]:
+        """What ``submit`` resolves: a SafeFuture, or a subclass the engine needs."""
 
     def dumps(self, fn: Callable[..., Any], args: tuple[Any, ...],
               kwargs: Mapping[str, Any]) -> bytes:
         """Pickle a call for this engine's workers; raise ``PicklingError`` naming the path."""
 
-    def submit(self, future: SafeFuture[Any], payload: bytes, timeout: float | None) -> None:
+    def submit(
+        self, future: SafeFuture[Any], payload: bytes, timeout: float | None,
+        dask_resources: Mapping[str, float] | None = None,
+    ) -> None:
         """Run the pickled call ``payload`` and resolve ``future`` with its outcome.
+
+        ``dask_resources``: the Dask abstract resources the call needs (only an
+        engine on a cluster is given any).
 
         Raises ``RuntimeError`` after shutdown, or the error that broke the engine.
         """

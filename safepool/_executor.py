@@ -6,8 +6,9 @@ import concurrent.futures as cf
 import logging
 import os
 import threading
+import warnings
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 
 from safepool._context import resolve_context
 from safepool._engine import Engine
-from safepool._errors import PicklingError
+from safepool._errors import ForkWarning, PicklingError
 from safepool._forkguard import warn_if_fork_unsafe
 from safepool._future import SafeFuture
 from safepool._local import Pool
@@ -48,6 +49,27 @@ def _log_target(worker_logs: Any) -> bool | logging.Logger:
         "worker_logs must be True, False, a logger name or a logging.Logger, "
         f"not {type(worker_logs).__name__} {worker_logs!r:.60}"
     )
+
+
+def _check_dask_resources(
+    resources: Mapping[str, float], engine: Engine
+) -> Mapping[str, float]:
+    if getattr(engine, "client", None) is None:
+        raise ValueError(
+            "dask_resources= applies only to an executor on a cluster "
+            "(safepool.Executor(cluster=...))"
+        )
+    if not isinstance(resources, Mapping):
+        raise TypeError(f"dask_resources must be a mapping, not {type(resources).__name__}")
+    for name, amount in resources.items():
+        if not isinstance(name, str) or isinstance(amount, bool) or not (
+            isinstance(amount, (int, float)) and amount > 0
+        ):
+            raise ValueError(
+                f"dask_resources maps resource names to positive amounts, e.g. {{'GPU': 1}}; "
+                f"got {name!r}: {amount!r}"
+            )
+    return dict(resources)
 
 
 def _timeout_of(fn: Callable[..., Any]) -> float | None:
@@ -111,6 +133,12 @@ class Executor(cf.Executor):
             traceback) the exception of a failed future nobody retrieved with
             ``result()`` or ``exception()``, when the future is garbage-collected
             or at interpreter exit.
+        cluster: run the calls on a Dask cluster instead of on this machine: a
+            ``distributed.Client`` or a scheduler address such as
+            ``"tcp://127.0.0.1:8786"`` (needs ``safepool[dask]``). Each Dask
+            worker then runs a pool of its own with every setting above;
+            ``max_workers`` is the number of processes per Dask worker (default:
+            its thread count). See the [cluster guide](cluster.md).
 
     Raises:
         ValueError: ``max_workers`` < 1, an unknown start method, a
@@ -140,8 +168,9 @@ class Executor(cf.Executor):
         start_timeout: float = 60.0,
         worker_logs: bool | str | logging.Logger = True,
         log_unretrieved: bool = True,
+        cluster: Any = None,
     ) -> None:
-        workers = check_positive_int(max_workers, "max_workers") or _default_max_workers()
+        workers = check_positive_int(max_workers, "max_workers")
         context = resolve_context(mp_context)
         if initializer is not None:
             check_callable(initializer, "initializer")
@@ -158,10 +187,7 @@ class Executor(cf.Executor):
         grace = check_timeout(kill_grace, "kill_grace") if kill_grace != 0 else 0.0
         ordered = order_resources(resources, check_pickling=context.get_start_method() != "fork")
         backoff_max = check_timeout(setup_backoff_max, "setup_backoff_max") or 5.0
-        warn_if_fork_unsafe(context, stacklevel=2)
-        self._engine: Engine = Pool(
-            context=context,
-            max_workers=workers,
+        settings: dict[str, Any] = dict(
             initializer=initializer,
             initargs=initargs,
             max_tasks_per_child=check_positive_int(max_tasks_per_child, "max_tasks_per_child"),
@@ -174,6 +200,28 @@ class Executor(cf.Executor):
             start_timeout=check_timeout(start_timeout, "start_timeout") or 60.0,
             worker_logs=_log_target(worker_logs),
         )
+        self._engine: Engine
+        if cluster is not None:
+            from safepool._dask import DaskEngine  # imports dask: only when asked for
+
+            if context.get_start_method() == "fork":
+                warnings.warn(
+                    "mp_context='fork' on a cluster forks each Dask worker, which always runs "
+                    "threads (its event loop, its comms): a lock held by one of them stays "
+                    "locked in the worker process forever. Use 'forkserver' or 'spawn'.",
+                    ForkWarning, stacklevel=2,
+                )
+
+            self._engine = DaskEngine(
+                cluster, context=context, max_workers=workers, settings=settings,
+                kill_grace=settings["kill_grace"],
+            )
+        else:
+            warn_if_fork_unsafe(context, stacklevel=2)
+            self._engine = Pool(
+                context=context, max_workers=workers or _default_max_workers(), **settings
+            )
+        self._future_class = self._engine.future_class
         self._log_unretrieved = bool(log_unretrieved)
         # An executor dropped without shutdown() still releases its workers.
         weakref.finalize(self, self._engine.shutdown, False, False)
@@ -277,7 +325,12 @@ class Executor(cf.Executor):
         """
         return self._map(fn, iterables, timeout, chunksize, buffersize, _UNSET, progress)
 
-    def options(self, *, timeout: float | EllipsisType | None = ...) -> ExecutorView:
+    def options(
+        self,
+        *,
+        timeout: float | EllipsisType | None = ...,
+        dask_resources: Mapping[str, float] | None = None,
+    ) -> ExecutorView:
         """A view of this executor whose ``submit``/``map`` use these per-call options.
 
         The options never mix with the function's own keyword arguments:
@@ -288,8 +341,19 @@ class Executor(cf.Executor):
 
         ``timeout=None`` runs the calls without a timeout even when the
         executor or the task has a default.
+
+        ``dask_resources`` (on a cluster only): the Dask abstract resources each
+        call needs, e.g. ``{"GPU": 1}``; Dask runs it only on workers started
+        with them (``dask worker --resources "GPU=2"``).
+
+        Raises:
+            ValueError: ``dask_resources`` on an executor that is not on a cluster,
+                or a resource amount that is not a positive number.
         """
-        return ExecutorView(self, _UNSET if timeout is ... else check_timeout(timeout))
+        placement = None
+        if dask_resources is not None:
+            placement = _check_dask_resources(dask_resources, self._engine)
+        return ExecutorView(self, _UNSET if timeout is ... else check_timeout(timeout), placement)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work and release the workers once their tasks are done.
@@ -369,6 +433,7 @@ class Executor(cf.Executor):
         kwargs: dict[str, Any],
         timeout: Any,
         payload: bytes | None = None,
+        placement: Mapping[str, float] | None = None,
     ) -> SafeFuture[T]:
         """Queue a call (``payload``: the call, already pickled); a failed future if it
         cannot be pickled."""
@@ -377,7 +442,7 @@ class Executor(cf.Executor):
             timeout = _timeout_of(fn)
             if timeout is None:
                 timeout = self._timeout
-        future: SafeFuture[T] = SafeFuture()
+        future: SafeFuture[T] = self._future_class()
         if self._log_unretrieved:
             future._report_unretrieved = True
             future._fn = fn  # named in the report, if there is one
@@ -387,7 +452,10 @@ class Executor(cf.Executor):
             except PicklingError as error:
                 self._engine.reject(future, error)
                 return future
-        self._engine.submit(future, payload, timeout)
+        if placement is None:
+            self._engine.submit(future, payload, timeout)
+        else:
+            self._engine.submit(future, payload, timeout, placement)
         return future
 
     def _map(
@@ -399,6 +467,7 @@ class Executor(cf.Executor):
         buffersize: int | None,
         task_timeout: Any,
         progress: bool | str = False,
+        placement: Mapping[str, float] | None = None,
     ) -> Iterator[T]:
         check_callable(fn)
         check_positive_int(chunksize, "chunksize", allow_none=False)
@@ -422,13 +491,13 @@ class Executor(cf.Executor):
         if chunksize > 1:
             calls = chunked(calls, chunksize)
         # A bound method: the iterator keeps this executor alive (see safepool._map).
-        submit = partial(self._submit_map_call, fn, chunksize > 1, task_timeout, bar)
+        submit = partial(self._submit_map_call, fn, chunksize > 1, task_timeout, bar, placement)
         return map_results(submit, calls, timeout=timeout, buffersize=buffersize,
                            chunked=chunksize > 1, bar=bar)
 
     def _submit_map_call(
         self, fn: Callable[..., Any], chunked: bool, timeout: Any, bar: ProgressBar | None,
-        call: tuple[Any, ...],
+        placement: Mapping[str, float] | None, call: tuple[Any, ...],
     ) -> cf.Future[Any] | list[cf.Future[Any]]:
         """Submit one call of ``map``, or one chunk of calls.
 
@@ -437,13 +506,15 @@ class Executor(cf.Executor):
         calls before it in the chunk still deliver their results.
         """
         if not chunked:
-            return self._counted(self._submit(fn, call, {}, timeout), bar, 1)
+            return self._counted(self._submit(fn, call, {}, timeout, None, placement), bar, 1)
         runner = partial(run_chunk, fn)
         try:
             payload = self._engine.dumps(runner, (call,), {})
         except PicklingError:
-            return [self._counted(self._submit(fn, one, {}, timeout), bar, 1) for one in call]
-        return self._counted(self._submit(runner, (call,), {}, timeout, payload), bar, len(call))
+            return [self._counted(self._submit(fn, one, {}, timeout, None, placement), bar, 1)
+                    for one in call]
+        future = self._submit(runner, (call,), {}, timeout, payload, placement)
+        return self._counted(future, bar, len(call))
 
     @staticmethod
     def _counted(future: SafeFuture[Any], bar: ProgressBar | None, n: int) -> cf.Future[Any]:
@@ -461,13 +532,18 @@ class ExecutorView(cf.Executor):
     down the executor itself.
     """
 
-    def __init__(self, executor: Executor, timeout: Any) -> None:
+    def __init__(
+        self, executor: Executor, timeout: Any, placement: Mapping[str, float] | None = None
+    ) -> None:
         self._executor = executor
         self._task_timeout = timeout
+        self._placement = placement
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> cf.Future[T]:
         """Like [`submit()`][safepool.Executor.submit], with this view's options."""
-        return self._executor._submit(fn, args, kwargs, self._task_timeout)
+        return self._executor._submit(
+            fn, args, kwargs, self._task_timeout, None, self._placement
+        )
 
     def map(
         self,
@@ -484,7 +560,8 @@ class ExecutorView(cf.Executor):
         for one call (``pool.options(timeout=5).map(...)``) is safe.
         """
         return self._executor._map(
-            fn, iterables, timeout, chunksize, buffersize, self._task_timeout, progress
+            fn, iterables, timeout, chunksize, buffersize, self._task_timeout, progress,
+            self._placement,
         )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

@@ -59,6 +59,8 @@ class WorkerStats:
         rss: its resident memory in bytes, read now (``None`` if it could not
             be read, e.g. it just exited).
         uptime: seconds since it was started.
+        node: on a cluster, the address of the Dask worker it belongs to;
+            ``None`` on one machine.
     """
 
     pid: int
@@ -66,6 +68,7 @@ class WorkerStats:
     tasks: int
     rss: int | None
     uptime: float
+    node: str | None = None
 
 
 @dataclass(frozen=True)

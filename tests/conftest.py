@@ -14,6 +14,9 @@ import pytest
 
 import safepool
 
+# Dask clusters on 127.0.0.1 (tests.cluster): fixtures dask_client, cli_cluster.
+pytest_plugins = ["tests.cluster"]
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 METHODS = ["forkserver", "spawn"]
@@ -46,11 +49,39 @@ def _semaphores() -> set[str]:
 
 
 def _fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+    """Open fds; once a Dask client exists, not its sockets, which it opens and closes by itself."""
+    names = os.listdir("/proc/self/fd")
+    if "distributed" not in sys.modules:
+        return len(names)
+    count = 0
+    for name in names:
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                count += 1
+        except OSError:  # closed meanwhile (the listing's own fd, or a thread's)
+            pass
+    return count
 
 
 def _threads() -> set[str]:
     return {t.name for t in threading.enumerate() if t.name.startswith("safepool-")}
+
+
+def _uses_dask(item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and callspec.params.get("engine") == "dask":
+        return True
+    return bool({"dask_client", "cli_cluster"} & set(getattr(item, "fixturenames", ())))
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run the tests that start Dask clusters last, and the session's cluster with them.
+
+    Once used, distributed leaves process-wide threads behind (its offload and
+    callback executors), which tests of fork hazards and of this process's
+    threads would see. Files named test_cluster*.py also go last.
+    """
+    items.sort(key=lambda item: _uses_dask(item) or item.path.name.startswith("test_cluster"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -65,6 +96,10 @@ def _warm_multiprocessing_helpers():
 @pytest.fixture(autouse=True)
 def no_leaks(request):
     """Every test must leave no worker, grandchild, safepool thread, fd or semaphore behind."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("engine") == "dask":
+        # The session's Dask cluster (tests.cluster) outlives the test: start it first.
+        request.getfixturevalue("dask_client")
     before = (pool_processes(), _fds(), _semaphores())
     yield
     if request.node.get_closest_marker("allow_leaks"):
