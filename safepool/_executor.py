@@ -51,6 +51,21 @@ def _log_target(worker_logs: Any) -> bool | logging.Logger:
     )
 
 
+def _spares(
+    spare_workers: int | None, resources: tuple[Resource[Any], ...],
+    initializer: Callable[..., object] | None, replaces: object,
+) -> dict[str, Any]:
+    """The pool's spare-worker settings for ``Executor(spare_workers=)``."""
+    if spare_workers is not None:
+        if isinstance(spare_workers, bool) or not isinstance(spare_workers, int):
+            raise TypeError(f"spare_workers must be an int, not {type(spare_workers).__name__}")
+        if spare_workers < 0:
+            raise ValueError(f"spare_workers must be 0 or more, not {spare_workers}")
+        return {"spare_workers": spare_workers, "spare_on_demand": False}
+    light = not resources and initializer is None
+    return {"spare_workers": int(light and bool(replaces)), "spare_on_demand": light}
+
+
 def _check_dask_resources(
     resources: Mapping[str, float], engine: Engine
 ) -> Mapping[str, float]:
@@ -133,6 +148,15 @@ class Executor(cf.Executor):
             traceback) the exception of a failed future nobody retrieved with
             ``result()`` or ``exception()``, when the future is garbage-collected
             or at interpreter exit.
+        spare_workers: worker processes kept started and ready beyond those
+            running tasks, so that a worker recycled (``max_tasks_per_child``,
+            memory), stopped by a timeout or crashed is replaced at once, never
+            after a process start; they run no task while ``max_workers`` tasks
+            run. ``None`` (the default): one spare when the executor recycles
+            workers or has a default ``timeout``, else one from the first time a
+            worker is killed or crashes; none with ``resources`` or an
+            ``initializer`` (they may hold connections: ask for spares
+            explicitly, and count them in your connection budget). ``0``: none.
         cluster: run the calls on a Dask cluster instead of on this machine: a
             ``distributed.Client`` or a scheduler address such as
             ``"tcp://127.0.0.1:8786"`` (needs ``safepool[dask]``). Each Dask
@@ -168,6 +192,7 @@ class Executor(cf.Executor):
         start_timeout: float = 60.0,
         worker_logs: bool | str | logging.Logger = True,
         log_unretrieved: bool = True,
+        spare_workers: int | None = None,
         cluster: Any = None,
     ) -> None:
         workers = check_positive_int(max_workers, "max_workers")
@@ -199,6 +224,8 @@ class Executor(cf.Executor):
             idle_timeout=check_timeout(idle_timeout, "idle_timeout"),
             start_timeout=check_timeout(start_timeout, "start_timeout") or 60.0,
             worker_logs=_log_target(worker_logs),
+            **_spares(spare_workers, ordered, initializer,
+                      max_tasks_per_child or max_memory_per_child or timeout),
         )
         self._engine: Engine
         if cluster is not None:

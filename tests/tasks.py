@@ -171,3 +171,14 @@ def report_sigterm_and_hang(fifo):
     notify(fifo, f"started {os.getpid()}")
     while True:
         time.sleep(60)
+
+
+def hold_lock(path, seconds):
+    """Hold an exclusive lock on ``path`` for ``seconds``; fail if another task holds it."""
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if two run at once
+        time.sleep(seconds)
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return os.getpid()

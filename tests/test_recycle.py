@@ -22,10 +22,18 @@ def runs(pids):
 @pytest.mark.parametrize("method", ["forkserver", "spawn", "fork"])
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_max_tasks_per_child_replaces_each_worker_after_n_tasks(make_pool, n):
-    pool = make_pool(1, max_tasks_per_child=n)
+    pool = make_pool(1, max_tasks_per_child=n, spare_workers=0)
     pids = [pool.submit(tasks.pid).result(timeout=30) for _ in range(2 * n + 1)]
     assert runs(pids) == [n, n, 1]
     assert len(set(pids)) == 3
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_with_a_spare_no_worker_runs_more_than_n_tasks(make_pool, n):
+    pool = make_pool(1, max_tasks_per_child=n)  # one spare by default when recycling
+    pids = [pool.submit(tasks.pid).result(timeout=30) for _ in range(3 * n + 1)]
+    assert all(pids.count(pid) <= n for pid in pids)
+    assert len(set(pids)) >= 4
 
 
 @pytest.mark.parametrize("method", ["forkserver", "spawn"])

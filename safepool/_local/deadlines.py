@@ -81,7 +81,10 @@ class Deadlines(PoolState):
             return  # busy or gone: going idle again arms a new deadline
         assert self._idle_timeout is not None
         due = worker.idle_since + self._idle_timeout
-        if due <= now:
+        if due <= now and len(self._idle) <= self._spares:
+            worker.idle_armed = True  # a spare: kept, not retired for idling
+            self._push_deadline(now + self._idle_timeout, _IDLE, worker)
+        elif due <= now:
             self.counters.recycled["idle"] += 1
             self._retire(worker)
         else:

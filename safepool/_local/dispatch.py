@@ -90,10 +90,11 @@ class Dispatch(PoolState):
             return
         batches: dict[_Worker, list[bytes]] = {}
         # A worker running its last task before recycling may already have its
-        # replacement (early replacement): that one waits, idle and ready, so that
-        # no more than max_workers tasks ever run at once. Otherwise every idle
-        # worker has room, and the per-round count is skipped.
-        if self._early_replacement and self._max_tasks is not None:
+        # replacement (early replacement), and spares wait idle and ready: so that
+        # no more than max_workers tasks ever run at once, idle workers take work
+        # only while fewer run. Otherwise every idle worker has room, and the
+        # per-round count is skipped.
+        if self._spares or (self._early_replacement and self._max_tasks is not None):
             room = self.max_workers - sum(w.state == BUSY for w in self._workers.values())
         else:
             room = len(self._idle)

@@ -123,6 +123,8 @@ class Pool(Dispatch, Lifecycle, Deadlines, Stopping, Failures):
         idle_timeout: float | None = None,
         start_timeout: float = 60.0,
         worker_logs: bool | logging.Logger = True,
+        spare_workers: int = 0,
+        spare_on_demand: bool = False,
     ) -> None:
         self.context = context
         self._log_target = worker_logs if isinstance(worker_logs, logging.Logger) else None
@@ -173,6 +175,11 @@ class Pool(Dispatch, Lifecycle, Deadlines, Stopping, Failures):
         self._setup_error: Callable[[], BaseException] | None = None
         # Nothing in a worker holds outside connections: replacements need not wait.
         self._early_replacement = not resources and initializer is None
+        # Ready workers kept beyond those running tasks, so that a worker recycled,
+        # killed or crashed is replaced without waiting for a process to start;
+        # on demand: one from the first time a worker is killed or crashes.
+        self._spares = spare_workers
+        self._spare_on_demand = spare_on_demand and not spare_workers
         self._stopping_handled = False
 
         self._wake_r, self._wake_w = os.pipe()

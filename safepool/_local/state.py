@@ -182,6 +182,8 @@ class PoolState:
     _retry_at: float
     _setup_error: Callable[[], BaseException] | None
     _early_replacement: bool
+    _spares: int
+    _spare_on_demand: bool
     _stopping_handled: bool
     _wake_r: int
     _wake_w: int

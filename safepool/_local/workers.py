@@ -71,24 +71,30 @@ class Lifecycle(PoolState):
         its predecessor's last task is done (``_dispatch``). At most twice
         max_workers processes exist even then, and never more than max_workers
         tasks run at once.
+
+        Spare workers (``spare_workers``) are started beyond what waiting work
+        needs and kept ready, up to max_workers + spares processes taking work:
+        a replacement is then already running when a worker goes.
         """
         waiting = len(self._pending) + len(self._retry) - len(self._idle)
-        if waiting <= 0:
+        spares = 0 if self._shutdown else self._spares
+        if waiting <= 0 and not spares:
             return
         starting = 0
         taking_work = 0  # workers that will run queued work: not exiting, not closing
         for w in self._workers.values():
             starting += w.state == STARTING
             taking_work += w.state in (STARTING, IDLE) or (w.state == BUSY and not w.closing)
-        need = waiting - starting
+        need = waiting + spares - starting
         if need <= 0:
             return
         if time.monotonic() < self._retry_at:
             return  # backing off after a resource setup failure; a _WAKE deadline is set
+        cap = self.max_workers + spares
         if self._early_replacement:
-            room = min(self.max_workers - taking_work, 2 * self.max_workers - len(self._workers))
+            room = min(cap - taking_work, cap + self.max_workers - len(self._workers))
         else:
-            room = self.max_workers - len(self._workers)
+            room = cap - len(self._workers)
         for _ in range(min(need, room)):
             if not self._start_worker():
                 return
@@ -126,6 +132,12 @@ class Lifecycle(PoolState):
         self._selector.register(worker.sentinel, selectors.EVENT_READ, (worker, False))
         self._push_deadline(time.monotonic() + self._start_timeout, _START, worker)
         return True
+
+    def _want_a_spare(self) -> None:
+        """A worker is being killed or crashed: from now on keep one spare ready, if on demand."""
+        if self._spare_on_demand and not self._shutdown:
+            self._spare_on_demand = False
+            self._spares = 1
 
     def _conn_lost(self, worker: _Worker) -> None:
         if not worker.conn_open:
@@ -172,6 +184,7 @@ class Lifecycle(PoolState):
 
     def _kill(self, worker: _Worker) -> None:
         """Stop a worker and its process tree: SIGTERM now, SIGKILL after the grace period."""
+        self._want_a_spare()
         if worker in self._idle:
             self._idle.remove(worker)
         worker.state = KILLING
@@ -193,6 +206,7 @@ class Lifecycle(PoolState):
         exitcode = worker.process.exitcode
         if worker.ready and not worker.planned and not self._shutdown:
             self.counters.recycled["crash"] += 1
+            self._want_a_spare()
         # The counter it shared says which of the tasks left in its pipe it had
         # started: that one was running when it died, the others never started.
         started = worker.marks[0]
