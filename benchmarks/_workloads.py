@@ -191,6 +191,25 @@ def recycle(adapter: Adapter, p: Params) -> dict[str, Any]:
     return record
 
 
+def recycle_cold(adapter: Adapter, p: Params) -> dict[str, Any]:
+    """40 calls of ``noop`` with every worker retired after one task, timed from the
+    executor's construction (its first workers' start included) to the last result."""
+    count = min(40, adapter.recycle_cap or 40)
+    expected = list(range(count))
+    gc.collect()
+    t0 = time.perf_counter()
+    pool = adapter.create(p.workers, p.method, max_tasks_per_child=1)
+    if adapter.recycle_via_map:
+        results = list(adapter.map(pool, noop, expected, 1))
+    else:
+        results = run_all(adapter, pool, noop, expected)
+    seconds = time.perf_counter() - t0
+    record = _finish(adapter, pool, p.method, {"n": count})
+    _check(results == expected, "recycle40")
+    record.update(value=seconds, metrics={"tasks_per_s": count / seconds, "tasks": count})
+    return record
+
+
 def payload(adapter: Adapter, p: Params) -> dict[str, Any]:
     """``p.payload_n`` calls of ``echo_bytes`` on a warm pool, each sending 1 MiB of
     bytes to the worker and getting 1 MiB back (submit all, then wait for all)."""
@@ -377,6 +396,13 @@ WORKLOADS: dict[str, Workload] = {
             "R `noop`s submitted at once with max_tasks_per_child=1 (or the executor's "
             "equivalent), every one on a freshly started worker; shown per task",
             recycle,
+        ),
+        Workload(
+            "recycle40",
+            "recycle, from construction",
+            "40 `noop`s with max_tasks_per_child=1 (or the equivalent), timed from "
+            "constructing the executor to the last result",
+            recycle_cold,
         ),
         Workload(
             "payload",

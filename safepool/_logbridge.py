@@ -33,7 +33,6 @@ import pickle
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from safepool._context import THREAD_PREFIX
@@ -45,13 +44,34 @@ _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _internal = logging.getLogger("safepool")
 
 
-@dataclass(frozen=True)
 class BridgeConfig:
-    """What a worker needs to forward the records the parent wants (picklable)."""
+    """What a worker needs to forward the records the parent wants (picklable).
 
-    root_level: int
-    levels: dict[str, int] = field(default_factory=dict)
-    disable: int = logging.NOTSET
+    A plain class, not a dataclass: ``dataclasses`` imports ``inspect``, which
+    would add milliseconds to every worker's start under spawn.
+    """
+
+    __slots__ = ("disable", "levels", "root_level")
+
+    def __init__(
+        self, root_level: int, levels: dict[str, int] | None = None,
+        disable: int = logging.NOTSET,
+    ) -> None:
+        self.root_level = root_level
+        self.levels: dict[str, int] = levels if levels is not None else {}
+        self.disable = disable
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BridgeConfig):
+            return NotImplemented
+        return (self.root_level, self.levels, self.disable) == (
+            other.root_level, other.levels, other.disable)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"BridgeConfig(root_level={self.root_level!r}, levels={self.levels!r}, "
+                f"disable={self.disable!r})")
 
 
 def bridge_config(target: logging.Logger | None) -> BridgeConfig:

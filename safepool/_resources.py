@@ -13,11 +13,10 @@ runs them in the workers.
 
 from __future__ import annotations
 
+import functools
 import importlib
-import inspect
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from safepool._validate import check_callable
@@ -27,17 +26,49 @@ __all__ = ["Outcome", "Resource", "order_resources", "worker_resource"]
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+#: ``inspect.CO_GENERATOR``: the flag of a generator function's code object.
+_CO_GENERATOR = 0x20
+
+
+def _is_generator_function(fn: Any) -> bool:
+    """``inspect.isgeneratorfunction``, without importing ``inspect`` in every worker."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    fn = getattr(fn, "__func__", fn)
+    code = getattr(fn, "__code__", None)
+    return code is not None and bool(code.co_flags & _CO_GENERATOR)
+
+
 class Outcome:
-    """How a task ended, as an ``after`` hook sees it.
+    """How a task ended, as an ``after`` hook sees it (read-only).
 
     Attributes:
         result: the task's return value (``None`` if it raised).
         exception: the exception the task raised, or ``None``.
     """
 
-    result: Any = None
-    exception: BaseException | None = None
+    # A plain class, not a dataclass: ``dataclasses`` imports ``inspect``, which
+    # would add milliseconds to every worker's start under spawn.
+    __slots__ = ("exception", "result")
+    result: Any
+    exception: BaseException | None
+
+    def __init__(self, result: Any = None, exception: BaseException | None = None) -> None:
+        object.__setattr__(self, "result", result)
+        object.__setattr__(self, "exception", exception)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"Outcome is read-only: cannot set {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Outcome):
+            return NotImplemented
+        return (self.result, self.exception) == (other.result, other.exception)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Outcome(result={self.result!r}, exception={self.exception!r})"
 
     @property
     def ok(self) -> bool:
@@ -89,7 +120,7 @@ class Resource(Generic[T]):
         for hook, what in ((teardown, "teardown"), (before, "before"), (after, "after")):
             if hook is not None:
                 check_callable(hook, f"{what} of resource {name!r}")
-        if inspect.isgeneratorfunction(setup) and teardown is not None:
+        if _is_generator_function(setup) and teardown is not None:
             raise TypeError(
                 f"resource {name!r}: a generator setup runs its own teardown after `yield`; "
                 "do not also pass teardown="
@@ -111,7 +142,7 @@ class Resource(Generic[T]):
     @property
     def is_generator(self) -> bool:
         """True when ``setup`` is a generator function (it yields the value)."""
-        return inspect.isgeneratorfunction(self.setup)
+        return _is_generator_function(self.setup)
 
     def __repr__(self) -> str:
         return f"<safepool.Resource {self.name!r}>"
