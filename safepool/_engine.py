@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from safepool._future import SafeFuture
 from safepool._stats import Stats
+from safepool._transport import Payload
 
 __all__ = ["Engine"]
 
@@ -39,11 +40,11 @@ class Engine(Protocol):
         """What ``submit`` resolves: a SafeFuture, or a subclass the engine needs."""
 
     def dumps(self, fn: Callable[..., Any], args: tuple[Any, ...],
-              kwargs: Mapping[str, Any]) -> bytes:
+              kwargs: Mapping[str, Any]) -> Payload:
         """Pickle a call for this engine's workers; raise ``PicklingError`` naming the path."""
 
     def submit(
-        self, future: SafeFuture[Any], payload: bytes, timeout: float | None,
+        self, future: SafeFuture[Any], payload: Payload, timeout: float | None,
         dask_resources: Mapping[str, float] | None = None,
     ) -> None:
         """Run the pickled call ``payload`` and resolve ``future`` with its outcome.

@@ -25,7 +25,7 @@ from safepool._map import check_buffersize, chunked, known_length, map_results
 from safepool._progress import ProgressBar
 from safepool._resources import Resource, order_resources
 from safepool._stats import Stats
-from safepool._transport import check_initargs, dumps_call
+from safepool._transport import Payload, check_initargs, dumps_call
 from safepool._validate import check_callable, check_positive_int, check_timeout
 from safepool._worker import run_chunk
 
@@ -459,7 +459,7 @@ class Executor(cf.Executor):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         timeout: Any,
-        payload: bytes | None = None,
+        payload: Payload | None = None,
         placement: Mapping[str, float] | None = None,
     ) -> SafeFuture[T]:
         """Queue a call (``payload``: the call, already pickled); a failed future if it

@@ -71,6 +71,8 @@ __all__ = [
     "SKIPPED",
     "FrameReader",
     "Message",
+    "OutOfBandCall",
+    "Payload",
     "check_initargs",
     "decode_error",
     "describe_error",
@@ -78,6 +80,7 @@ __all__ = [
     "encode_error",
     "encode_result",
     "frame",
+    "load_call",
     "message",
     "parse",
     "unloadable_result",
@@ -106,8 +109,75 @@ _LONG_LENGTH = struct.Struct("!Q")
 _READ_SIZE = 1 << 18
 
 
-def frame(data: bytes) -> bytes:
+#: A ``bytes`` argument of a call at least this big travels out of band (see OutOfBandCall).
+OOB_MIN = 64 * 1024
+#: The first byte of a call with out-of-band buffers (a plain pickle starts with 0x80).
+_OOB = b"B"
+_COUNT = struct.Struct("!I")
+
+
+class OutOfBandCall:
+    """A pickled call whose big ``bytes`` arguments are held by reference, not copied in.
+
+    Pickle protocol 5 (PEP 574) leaves each such argument out of the pickle
+    stream; the parent keeps a view of the caller's own object until the call
+    is sent, so a queue of calls with 1 MiB arguments does not hold a pickled
+    copy of each. On the wire the buffers follow the stream (``wire()``), and
+    the worker hands them back to the unpickler (``load_call``): the task gets
+    ``bytes``, as it would from a plain pickle.
+    """
+
+    __slots__ = ("buffers", "size", "stream")
+
+    def __init__(self, stream: bytes, buffers: list[memoryview]) -> None:
+        self.stream = stream
+        self.buffers = buffers
+        self.size = len(stream) + sum(b.nbytes for b in buffers)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def parts(self) -> list[Any]:
+        """What goes on the wire, in order: a header, the stream, the buffers."""
+        lengths = [_COUNT.pack(len(self.buffers)), _LONG_LENGTH.pack(len(self.stream))]
+        lengths += [_LONG_LENGTH.pack(b.nbytes) for b in self.buffers]
+        return [_OOB, *lengths, self.stream, *self.buffers]
+
+    def wire(self) -> bytes:
+        return b"".join(self.parts())
+
+
+#: A pickled call as the executor hands it to an engine.
+Payload = bytes | OutOfBandCall
+
+
+def load_call(data: bytes) -> Any:
+    """Unpickle a call made by ``dumps_call``, in a worker."""
+    if data[:1] != _OOB:
+        return pickle.loads(data)
+    (count,) = _COUNT.unpack_from(data, 1)
+    pos = 1 + _COUNT.size
+    sizes = [_LONG_LENGTH.unpack_from(data, pos + 8 * i)[0] for i in range(count + 1)]
+    pos += 8 * (count + 1)
+    view = memoryview(data)
+    stream = view[pos:pos + sizes[0]]
+    pos += sizes[0]
+    buffers = []
+    for size in sizes[1:]:
+        buffers.append(bytes(view[pos:pos + size]))  # bytes, as the caller passed
+        pos += size
+    return pickle.loads(stream, buffers=buffers)
+
+
+def frame(data: Payload) -> bytes:
     """``data`` framed as ``Connection.send_bytes`` frames it."""
+    if type(data) is OutOfBandCall:
+        parts = data.parts()
+        size = sum(len(p) for p in parts)
+        head = (_LENGTH.pack(-1) + _LONG_LENGTH.pack(size) if size > 0x7FFFFFFF
+                else _LENGTH.pack(size))
+        return b"".join([head, *parts])
+    assert isinstance(data, bytes)
     if len(data) > 0x7FFFFFFF:
         return _LENGTH.pack(-1) + _LONG_LENGTH.pack(len(data)) + data
     return _LENGTH.pack(len(data)) + data
@@ -200,8 +270,8 @@ _table: dict[Any, Any] = {}
 _table_key: tuple[int, int] = (-1, -1)
 
 
-def _dumps(obj: Any) -> bytes:
-    """Pickle as ``ForkingPickler`` does (its reducers for connections, sockets, ...).
+def _dispatch_table() -> dict[Any, Any]:
+    """copyreg's reducers merged with ``ForkingPickler``'s (connections, sockets, ...).
 
     ``ForkingPickler.dumps`` copies copyreg's dispatch table on every call,
     which is most of its cost for a small call; the merged table is kept here
@@ -214,11 +284,33 @@ def _dumps(obj: Any) -> bytes:
         table = dict(copyreg.dispatch_table)
         table.update(extra)
         _table, _table_key = table, key
+    return _table
+
+
+def _dumps(obj: Any) -> bytes:
+    """Pickle as ``ForkingPickler`` does."""
     buf = io.BytesIO()
     pickler = pickle.Pickler(buf, _PROTOCOL)
-    pickler.dispatch_table = _table
+    pickler.dispatch_table = _dispatch_table()
     pickler.dump(obj)
     return buf.getvalue()
+
+
+def _dumps_out_of_band(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> OutOfBandCall:
+    def wrap(value: Any) -> Any:
+        if type(value) is bytes and len(value) >= OOB_MIN:
+            return pickle.PickleBuffer(value)
+        return value
+
+    call = (fn, tuple(wrap(a) for a in args), {k: wrap(v) for k, v in kwargs.items()})
+    buffers: list[memoryview] = []
+    buf = io.BytesIO()
+    pickler = pickle.Pickler(buf, 5, buffer_callback=lambda b: buffers.append(b.raw()))
+    pickler.dispatch_table = _dispatch_table()
+    pickler.dump(call)
+    return OutOfBandCall(buf.getvalue(), buffers)
 
 
 def _diagnose(
@@ -248,8 +340,11 @@ def dumps_call(
     args: tuple[Any, ...],
     kwargs: Mapping[str, Any],
     fn_name: str = "fn",
-) -> bytes:
+) -> Payload:
     """Pickle a call for a worker (``fn_name``: how paths name ``fn``).
+
+    A ``bytes`` argument of at least ``OOB_MIN`` bytes is not copied into the
+    pickle: the result is then an [`OutOfBandCall`][] that refers to it.
 
     Raises [`PicklingError`][safepool.PicklingError] naming the path to the
     innermost object that cannot be pickled (``args[0].engine.pool._lock``),
@@ -258,6 +353,12 @@ def dumps_call(
     let through: in the caller's thread it may be a real Ctrl-C.
     """
     try:
+        for value in args:
+            if type(value) is bytes and len(value) >= OOB_MIN:
+                return _dumps_out_of_band(fn, args, kwargs)
+        for value in kwargs.values():
+            if type(value) is bytes and len(value) >= OOB_MIN:
+                return _dumps_out_of_band(fn, args, kwargs)
         return _dumps((fn, args, kwargs))
     except KeyboardInterrupt:
         raise  # in the caller's thread, possibly a real Ctrl-C: never turned into an error

@@ -31,7 +31,6 @@ may send from any of the task's threads while the main thread replies.
 from __future__ import annotations
 
 import os
-import pickle
 
 # Loaded here so that a forkserver that preloads this module has it ready for
 # every worker it forks: multiprocessing re-runs the main script through runpy.
@@ -219,7 +218,7 @@ def _run_task(
     began = time.perf_counter()
     try:
         try:
-            fn, args, kwargs = pickle.loads(data)
+            fn, args, kwargs = _transport.load_call(data)
         except BaseException as exc:
             _note(exc, "raised while the worker unpickled the task's function and arguments")
             raise

@@ -182,3 +182,13 @@ def hold_lock(path, seconds):
         time.sleep(seconds)
         fcntl.flock(f, fcntl.LOCK_UN)
     return os.getpid()
+
+
+def describe_buffers(*args, **kwargs):
+    """The type, length and a checksum of each argument (big ones arrive out of band)."""
+    import zlib
+
+    def one(value):
+        return type(value).__name__, len(value), zlib.crc32(value)
+
+    return [one(a) for a in args], {k: one(v) for k, v in kwargs.items()}

@@ -213,3 +213,21 @@ def test_recycling_by_task_count(make):
     assert len(set(pids)) >= 3  # no process ran more than two tasks
     assert all(pids.count(p) <= 2 for p in pids)
     pool.shutdown()
+
+
+def test_big_bytes_arguments_arrive_whole_and_as_bytes(make):
+    import zlib
+
+    pool = make()
+    big = bytes(range(256)) * 4096  # 1 MiB: sent out of band, by reference
+    arrived = pool.submit(tasks.describe_buffers, big, b"x", bytearray(big), k=big)
+    one = ("bytes", len(big), zlib.crc32(big))
+    assert arrived.result(timeout=60) == (
+        [one, ("bytes", 1, zlib.crc32(b"x")), ("bytearray", len(big), zlib.crc32(big))],
+        {"k": one},
+    )
+    echoed = pool.submit(tasks.add, big, b"").result(timeout=60)
+    assert echoed == big and type(echoed) is bytes
+    with pytest.raises(safepool.PicklingError, match=r"args\[1\]"):
+        pool.submit(tasks.add, big, threading.Lock()).result(timeout=30)
+    pool.shutdown()

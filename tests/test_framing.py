@@ -51,3 +51,28 @@ def test_take_returns_only_complete_messages_and_keeps_the_rest():
         ours.close()
         assert reader.fill() is False  # EOF
         assert reader.take() == []
+
+
+def test_a_big_bytes_argument_travels_out_of_band_and_arrives_as_bytes():
+    import pickle
+
+    from safepool import _transport
+
+    big = bytes(range(256)) * 1024  # 256 KiB: at least OOB_MIN
+    small = b"small"
+    payload = _transport.dumps_call(len, (big, small, bytearray(big)), {"k": big})
+    assert isinstance(payload, _transport.OutOfBandCall)
+    # Only the two bytes objects are left out of the stream, and by reference, not copied.
+    assert len(payload.buffers) == 2 and payload.buffers[0].obj is big
+    assert len(payload.stream) < len(big) + 1024  # the bytearray is in the stream
+    ours, theirs = Pipe(duplex=True)
+    with ours, theirs:
+        sender = threading.Thread(target=write_all, args=(theirs.fileno(),
+                                                          _transport.frame(payload)))
+        sender.start()
+        data = FrameReader(ours.fileno()).next()
+        sender.join()
+    fn, args, kwargs = _transport.load_call(data)
+    assert fn is len and args == (big, small, bytearray(big)) and kwargs == {"k": big}
+    assert [type(a) for a in args] == [bytes, bytes, bytearray] and type(kwargs["k"]) is bytes
+    assert _transport.load_call(pickle.dumps((len, (), {}))) == (len, (), {})

@@ -197,7 +197,7 @@ class DaskEngine:
         return None
 
     def dumps(self, fn: Callable[..., Any], args: tuple[Any, ...],
-              kwargs: Mapping[str, Any]) -> bytes:
+              kwargs: Mapping[str, Any]) -> _transport.Payload:
         """Pickle a call; by value (cloudpickle) what a Dask worker could not import.
 
         Plain pickle is faster and names functions by reference; a call that
@@ -206,7 +206,7 @@ class DaskEngine:
         does. What neither can pickle fails as on one machine, with the path to it.
         """
         try:
-            payload = _transport.dumps_call(fn, args, kwargs)
+            made = _transport.dumps_call(fn, args, kwargs)
         except PicklingError as error:
             try:
                 return bytes(cloudpickle.dumps((fn, args, kwargs)))
@@ -214,15 +214,20 @@ class DaskEngine:
                 raise
             except BaseException:
                 raise error from None
-        if b"__main__" in payload:
+        # A node's pool receives bytes: out-of-band buffers are joined in once, here.
+        payload = made.wire() if isinstance(made, _transport.OutOfBandCall) else made
+        stream = made.stream if isinstance(made, _transport.OutOfBandCall) else made
+        if b"__main__" in stream:
             return bytes(cloudpickle.dumps((fn, args, kwargs)))
         return payload
 
     def submit(
-        self, future: SafeFuture[Any], payload: bytes, timeout: float | None,
+        self, future: SafeFuture[Any], payload: _transport.Payload, timeout: float | None,
         dask_resources: Mapping[str, float] | None = None,
     ) -> None:
         assert isinstance(future, ClusterFuture)
+        if isinstance(payload, _transport.OutOfBandCall):
+            payload = payload.wire()
         with self._lock:
             self._check_accepting()
             call = next(self._calls)

@@ -195,14 +195,14 @@ class Pool(Dispatch, Lifecycle, Deadlines, Stopping, Failures):
     # ------------------------------------------------------------------ callers
 
     def dumps(self, fn: Callable[..., Any], args: tuple[Any, ...],
-              kwargs: Mapping[str, Any]) -> bytes:
+              kwargs: Mapping[str, Any]) -> _transport.Payload:
         """Pickle a call for a worker (see ``safepool._transport.dumps_call``)."""
         return _transport.dumps_call(fn, args, kwargs)
 
     future_class = SafeFuture
 
     def submit(
-        self, future: SafeFuture[Any], payload: bytes, timeout: float | None,
+        self, future: SafeFuture[Any], payload: _transport.Payload, timeout: float | None,
         dask_resources: Mapping[str, float] | None = None, *, raw: bool = False,
     ) -> None:
         """Queue the pickled call ``payload``; raise if the pool no longer accepts work.

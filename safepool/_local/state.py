@@ -41,7 +41,8 @@ class WorkItem:
     __slots__ = ("future", "no", "payload", "raw", "settled", "timeout")
 
     def __init__(
-        self, future: SafeFuture[Any], payload: bytes, timeout: float | None, raw: bool = False
+        self, future: SafeFuture[Any], payload: _transport.Payload, timeout: float | None,
+        raw: bool = False,
     ) -> None:
         self.future = future
         self.payload = payload
