@@ -21,7 +21,7 @@ import logging
 import threading
 import weakref
 from concurrent.futures import Future
-from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
@@ -38,6 +38,7 @@ _callback_log = logging.getLogger("concurrent.futures")
 #: Failed futures that must report an unretrieved exception, while they are alive.
 _unretrieved: weakref.WeakSet[SafeFuture[Any]] = weakref.WeakSet()
 _unretrieved_lock = threading.Lock()
+_DONE = frozenset({CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED})
 
 
 def label_of(fn: Any) -> str:
@@ -123,11 +124,14 @@ class SafeFuture(Future[T]):
                 _callback_log.exception("exception calling callback for %r", self)
 
     def _mark_retrieved(self) -> None:
-        if not self._retrieved and self.done():
-            self._retrieved = True
-            if self._report_unretrieved:
-                with _unretrieved_lock:
-                    _unretrieved.discard(self)
+        # Read without the future's lock (one attribute read): this runs after
+        # every result(), and only a failed future is in the registry.
+        if self._retrieved or self._state not in _DONE:
+            return
+        self._retrieved = True
+        if self._report_unretrieved and self._exception is not None:
+            with _unretrieved_lock:
+                _unretrieved.discard(self)
 
     def _report(self) -> None:
         """Log this future's exception if it failed and nobody retrieved it; only once."""
@@ -171,6 +175,9 @@ class SafeFuture(Future[T]):
     def start(self) -> bool:
         """Mark the future running; False if it was cancelled (it must then not run)."""
         with self._condition:
+            if self._state == PENDING:  # the common case, under one acquisition of the lock
+                self._state = RUNNING
+                return True
             if self._state == CANCELLED_AND_NOTIFIED:
                 return False
             return self.set_running_or_notify_cancel()
