@@ -329,8 +329,8 @@ class DaskEngine:
                 except BaseException as exc:  # only this future fails, as on one machine
                     self._fail(future, _transport.unloadable_result(exc))
                     return
-                self._done(future, "completed")
-                _set(future.set_result, value)
+                if self._claim(future, "completed"):
+                    _set(future.set_result, value)
             else:
                 self._fail(future, _transport.decode_error(memoryview(body), pid))
         else:
@@ -342,14 +342,20 @@ class DaskEngine:
     def _fail(self, future: ClusterFuture, exc: BaseException) -> None:
         if isinstance(exc, cf.CancelledError) and future.cancelled():
             return
-        self._done(future, _kind_of(exc))
-        _set(future.set_exception, exc)
+        if self._claim(future, _kind_of(exc)):
+            _set(future.set_exception, exc)
 
-    def _done(self, future: ClusterFuture, kind: str) -> None:
+    def _claim(self, future: ClusterFuture, kind: str) -> bool:
+        """Take the right to settle ``future``, counting it as ``kind``; False if taken.
+
+        Outcomes, stops and cancels race; the first to claim a call settles it,
+        so every future resolves exactly once and is counted once.
+        """
         with self._lock:
             if self._outstanding.pop(future._call, None) is None:
-                return  # settled already (by a stop, a cancel or an earlier outcome)
+                return False
             setattr(self.counters, kind, getattr(self.counters, kind) + 1)
+            return True
 
     # -------------------------------------------------------------- cancelling
 
@@ -370,17 +376,11 @@ class DaskEngine:
         for future in pending:
             if future._call in started:
                 future._mark_running()
-            elif self._forget(future) and future._cancel_here():
+            elif future._cancel_here():  # cancelled first: then no outcome can settle it
+                self._claim(future, "cancelled")
                 cancelled.append(future)
         self._release(cancelled)
         return len(cancelled)
-
-    def _forget(self, future: ClusterFuture, kind: str = "cancelled") -> bool:
-        with self._lock:
-            if self._outstanding.pop(future._call, None) is None:
-                return False
-            setattr(self.counters, kind, getattr(self.counters, kind) + 1)
-            return True
 
     def _release(self, futures: list[ClusterFuture]) -> None:
         """Tell the scheduler to drop these calls' Dask tasks (they start nowhere)."""
@@ -403,13 +403,14 @@ class DaskEngine:
             if what is not None and (verdict is None or what[0] != "finished"):
                 verdict = what
         if verdict is None or verdict[0] == "cancelled":  # it started nowhere
-            if self._forget(future) and future._cancel_here():
+            if future._cancel_here():
+                self._claim(future, "cancelled")
                 self._release([future])
                 return True
             return future.cancelled()
         if verdict[0] == "stopped":
             exc = verdict[1] if verdict[1] is not None else TaskStoppedError(reason)
-            if self._forget(future, "stopped"):
+            if self._claim(future, "stopped"):
                 _set(future.set_exception, exc)
                 self._release([future])
             return True
@@ -446,10 +447,10 @@ class DaskEngine:
                 running.update(answer)
         for future in outstanding:
             if future._call in running:
-                if self._forget(future, "stopped"):
+                if self._claim(future, "stopped"):
                     _set(future.set_exception, PoolStoppedError(reason))
-            elif self._forget(future):
-                future._cancel_here()
+            elif future._cancel_here():
+                self._claim(future, "cancelled")
         self._release(outstanding)
         self._close()
 

@@ -151,7 +151,12 @@ class Lifecycle(PoolState):
     def _make_idle(self, worker: _Worker) -> None:
         worker.state = IDLE
         worker.ready = True
-        self._idle.append(worker)
+        if worker.tasks or not self._spares:
+            self._idle.append(worker)  # taken first (``_dispatch`` pops from the end)
+        else:
+            # A fresh worker goes last in line: work stays on the workers already in
+            # use, and the newest stays the spare, until one of them goes.
+            self._idle.insert(0, worker)
         if self._idle_timeout is not None:
             worker.idle_since = time.monotonic()
             if not worker.idle_armed:  # at most one _IDLE deadline per worker in the heap
