@@ -27,7 +27,7 @@ from safepool._resources import Resource, order_resources
 from safepool._stats import Stats
 from safepool._transport import Payload, check_initargs, dumps_call
 from safepool._validate import check_callable, check_positive_int, check_timeout
-from safepool._worker import run_chunk
+from safepool._worker import run_chunk, run_chunk_single
 
 __all__ = ["Executor", "ExecutorView"]
 
@@ -518,13 +518,14 @@ class Executor(cf.Executor):
         if chunksize > 1:
             calls = chunked(calls, chunksize)
         # A bound method: the iterator keeps this executor alive (see safepool._map).
-        submit = partial(self._submit_map_call, fn, chunksize > 1, task_timeout, bar, placement)
+        submit = partial(self._submit_map_call, fn, chunksize > 1, task_timeout, bar, placement,
+                         len(iterables) == 1)
         return map_results(submit, calls, timeout=timeout, buffersize=buffersize,
                            chunked=chunksize > 1, bar=bar)
 
     def _submit_map_call(
         self, fn: Callable[..., Any], chunked: bool, timeout: Any, bar: ProgressBar | None,
-        placement: Mapping[str, float] | None, call: tuple[Any, ...],
+        placement: Mapping[str, float] | None, single: bool, call: tuple[Any, ...],
     ) -> cf.Future[Any] | list[cf.Future[Any]]:
         """Submit one call of ``map``, or one chunk of calls.
 
@@ -534,13 +535,17 @@ class Executor(cf.Executor):
         """
         if not chunked:
             return self._counted(self._submit(fn, call, {}, timeout, None, placement), bar, 1)
-        runner = partial(run_chunk, fn)
+        if single:  # map over one iterable: the arguments themselves, not 1-tuples
+            runner = partial(run_chunk_single, fn)
+            chunk: Any = [one[0] for one in call]
+        else:
+            runner, chunk = partial(run_chunk, fn), call
         try:
-            payload = self._engine.dumps(runner, (call,), {})
+            payload = self._engine.dumps(runner, (chunk,), {})
         except PicklingError:
             return [self._counted(self._submit(fn, one, {}, timeout, None, placement), bar, 1)
                     for one in call]
-        future = self._submit(runner, (call,), {}, timeout, payload, placement)
+        future = self._submit(runner, (chunk,), {}, timeout, payload, placement)
         return self._counted(future, bar, len(call))
 
     @staticmethod

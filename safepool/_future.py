@@ -26,7 +26,7 @@ from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from safepool._errors import TaskStoppedError
-from safepool._worker import run_chunk
+from safepool._worker import run_chunk, run_chunk_single
 
 __all__ = ["SafeFuture", "report_unretrieved"]
 
@@ -45,7 +45,7 @@ def label_of(fn: Any) -> str:
     """``module.qualname()`` of what a future runs, for messages about it."""
     if fn is None:
         return "task"
-    if isinstance(fn, partial) and fn.func is run_chunk and fn.args:
+    if isinstance(fn, partial) and fn.func in (run_chunk, run_chunk_single) and fn.args:
         return f"a map() chunk of {label_of(fn.args[0])}"
     module = getattr(fn, "__module__", None)
     name = getattr(fn, "__qualname__", None) or type(fn).__qualname__

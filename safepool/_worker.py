@@ -49,12 +49,18 @@ from safepool._marks import Marks
 from safepool._resource_runtime import WorkerResources, enter_worker, take_poison
 from safepool._resources import Outcome, Resource
 
-__all__ = ["run_chunk", "worker_main"]
+__all__ = ["run_chunk", "run_chunk_single", "worker_main"]
 
 
 def run_chunk(fn: Callable[..., Any], chunk: Sequence[tuple[Any, ...]]) -> list[Any]:
     """Run ``fn`` over a chunk of argument tuples (``map`` with ``chunksize > 1``)."""
     return [fn(*args) for args in chunk]
+
+
+def run_chunk_single(fn: Callable[[Any], Any], chunk: Sequence[Any]) -> list[Any]:
+    """Run ``fn`` over a chunk of single arguments (``map`` over one iterable): a list
+    of the arguments themselves pickles smaller and faster than a tuple of 1-tuples."""
+    return [fn(arg) for arg in chunk]
 
 
 def _quiet_signals() -> None:

@@ -36,8 +36,11 @@ _PREFETCH_WORTH = 0.002
 _PREFETCH_MAX = 32
 #: ...and only tasks whose pickled call is at most this big.
 _PREFETCH_PAYLOAD = 16 * 1024
-#: Weight of the newest task in the moving average of task durations.
+#: Weight of the newest task in the moving average of task durations: small when
+#: tasks get longer (one slow task does not stop prefetch), large when they get
+#: shorter (after a few slow tasks, a burst of short ones is prefetched within a few).
 _AVERAGE_WEIGHT = 0.1
+_AVERAGE_WEIGHT_DOWN = 0.5
 
 
 def _decode_record(body: memoryview, pid: int) -> dict[str, Any]:
@@ -253,7 +256,8 @@ class Dispatch(PoolState):
         if self._avg_seconds == math.inf:
             self._avg_seconds = seconds
         else:
-            self._avg_seconds += (seconds - self._avg_seconds) * _AVERAGE_WEIGHT
+            weight = _AVERAGE_WEIGHT_DOWN if seconds < self._avg_seconds else _AVERAGE_WEIGHT
+            self._avg_seconds += (seconds - self._avg_seconds) * weight
         if worker.state != BUSY:
             return
         too_big = self._max_memory is not None and rss > self._max_memory
