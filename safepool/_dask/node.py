@@ -39,7 +39,7 @@ __all__ = ["NodePoolPlugin", "control", "metadata_key", "plugin_name", "run_on_n
 
 #: What a call's Dask task returns: ("reply", kind, body, pid): the worker's reply;
 #: ("error", exception, cause): a failure the node's pool decided (timeout, crash...).
-Outcome = tuple[Any, ...]
+Reply = tuple[Any, ...]
 
 _lock = threading.Lock()
 #: The node pools in this Dask worker process, by executor id.
@@ -183,7 +183,7 @@ def _portable(exc: BaseException) -> tuple[BaseException, BaseException | None]:
 
 async def run_on_node(
     executor_id: str, call: int, payload: bytes, timeout: float | None
-) -> Outcome:
+) -> Reply:
     """A Dask task: run one pickled call in this node's pool; return its outcome."""
     try:
         node = await _node(executor_id)
