@@ -12,6 +12,7 @@ import os
 import selectors
 import signal
 import time
+from multiprocessing import popen_fork as _popen_fork
 from multiprocessing import resource_tracker
 from multiprocessing.context import BaseContext
 
@@ -207,7 +208,7 @@ class Lifecycle(PoolState):
         # Everything it wrote before dying is in the pipe: read it all first.
         while worker.conn_open and worker.conn.poll():
             self._receive(worker)
-        worker.process.join(1.0)
+        _collect_exit(worker)
         exitcode = worker.process.exitcode
         if worker.ready and not worker.planned and not self._shutdown:
             self.counters.recycled["crash"] += 1
@@ -262,3 +263,35 @@ class Lifecycle(PoolState):
         popen = getattr(worker.process, "_popen", None)
         if popen is not None and popen.poll() is not None:
             popen.close()
+
+
+def _collect_exit(worker: _Worker) -> None:
+    """Reap an exited worker without racing a user's ``join()`` of the same process.
+
+    Two threads reaping one child is a race in multiprocessing: the loser's
+    ``waitpid`` fails with ECHILD and its ``Process`` reports the dead worker as
+    alive with no exit code. So where the worker is our own child and we hold
+    its pidfd, the exit code is read without reaping (``WNOWAIT``) and recorded
+    on the ``Process`` first; a concurrent ``join()`` then sees it, and only
+    after that is the child reaped, through the pidfd, which cannot name a
+    reused pid. Elsewhere (forkserver, whose workers are not our children, or
+    no pidfds) multiprocessing's own ``join`` does it.
+    """
+    process = worker.process
+    popen = getattr(process, "_popen", None)
+    if (
+        popen is None
+        or type(popen).poll is not _popen_fork.Popen.poll
+        or worker.sentinel == process.sentinel
+    ):
+        process.join(1.0)
+        return
+    try:
+        if popen.returncode is None:
+            info = os.waitid(os.P_PIDFD, worker.sentinel, os.WEXITED | os.WNOWAIT)
+            if info is not None:
+                dead_by_signal = info.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
+                popen.returncode = -info.si_status if dead_by_signal else info.si_status
+        os.waitid(os.P_PIDFD, worker.sentinel, os.WEXITED)
+    except ChildProcessError:  # a user's join() reaped it first, and recorded its code
+        pass
