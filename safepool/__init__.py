@@ -14,6 +14,7 @@ quiet, and child exceptions arrive with their child traceback.
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from safepool._aio import as_completed_async
     from safepool._errors import (
         ForkWarning,
         InitializerError,
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from safepool._progress import progress
     from safepool._resource_runtime import poison_worker, resource
     from safepool._resources import Outcome, Resource, worker_resource
-    from safepool._stats import Stats, WorkerStats
+    from safepool._stats import Stats, TaskSeconds, WorkerStats
     from safepool._task import TaskFunction, default_executor, task
 
     ProcessPoolExecutor = Executor
@@ -41,6 +42,7 @@ __version__ = "0.1.0.dev0"
 # on first use (PEP 562): a worker process imports ``safepool._worker``, and
 # with it this package, without paying for the executor, pebble or tqdm.
 _WHERE = {
+    "as_completed_async": "_aio",
     "ForkWarning": "_errors",
     "InitializerError": "_errors",
     "PicklingError": "_errors",
@@ -60,6 +62,7 @@ _WHERE = {
     "Resource": "_resources",
     "worker_resource": "_resources",
     "Stats": "_stats",
+    "TaskSeconds": "_stats",
     "WorkerStats": "_stats",
     "TaskFunction": "_task",
     "default_executor": "_task",
@@ -100,11 +103,13 @@ __all__ = [
     "ResourceSetupError",
     "Stats",
     "TaskFunction",
+    "TaskSeconds",
     "TaskStoppedError",
     "TaskTimeoutError",
     "WorkerCrashedError",
     "WorkerStats",
     "__version__",
+    "as_completed_async",
     "default_executor",
     "poison_worker",
     "progress",

@@ -5,10 +5,11 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import os
+import sys
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from functools import partial
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -21,10 +22,18 @@ from safepool._errors import ForkWarning, PicklingError
 from safepool._forkguard import warn_if_fork_unsafe
 from safepool._future import SafeFuture
 from safepool._local import Pool
-from safepool._map import check_buffersize, chunked, known_length, map_results
+from safepool._map import (
+    Submitted,
+    check_buffersize,
+    chunked,
+    known_length,
+    map_results,
+    submit_first,
+)
 from safepool._progress import ProgressBar
 from safepool._resources import Resource, order_resources
 from safepool._stats import Stats
+from safepool._tracing import dumps_traced
 from safepool._transport import Payload, check_initargs, dumps_call
 from safepool._validate import check_callable, check_positive_int, check_timeout
 from safepool._worker import run_chunk, run_chunk_single
@@ -444,6 +453,107 @@ class Executor(cf.Executor):
             self.shutdown(wait=True)
         return None
 
+    # ----------------------------------------------------------------- asyncio
+
+    async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` in a worker and await its result, from a coroutine.
+
+        ``submit`` with the same timeouts and errors, awaited without blocking
+        the event loop. Unlike ``loop.run_in_executor(pool, ...)``, whose
+        cancellation only cancels a call that has not started, cancelling the
+        awaiting task (``task.cancel()``, ``asyncio.timeout()``, a failing
+        ``TaskGroup``) makes sure the call does not run on: a call not started
+        never starts, and a running one is stopped as by
+        [`stop_task()`][safepool.Executor.stop_task] (its process tree gets
+        SIGTERM, then SIGKILL after ``kill_grace``, and the worker is replaced)
+        before the ``CancelledError`` propagates. Per-call options:
+        ``await pool.options(timeout=5).run(fn, x)``.
+
+        Returns:
+            What ``fn`` returned.
+
+        Whatever ``fn`` raised is raised here, with its child traceback, and
+        so is what ``submit`` raises. If the call's future is cancelled by
+        someone else (``shutdown(cancel_futures=True)``), this raises
+        ``asyncio.CancelledError``, as ``run_in_executor`` does.
+        """
+        from safepool import _aio
+
+        return await _aio.call_result(self.stop_task, self.submit(fn, *args, **kwargs))
+
+    def map_async(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+        progress: bool | str = False,
+    ) -> AsyncIterator[T]:
+        """Like [`map()`][safepool.Executor.map], for ``async for``: the results, in order.
+
+        The calls are submitted now, as by ``map`` (every call, or the first
+        ``buffersize`` chunks and one more per result taken); each result is
+        awaited without blocking the event loop. A task's exception is raised
+        at its result; ``timeout`` is one deadline for the whole iteration,
+        counted from this call (``TimeoutError``).
+
+        When the iteration ends before the last result, by a ``break``, an
+        exception, a cancellation or the ``timeout``, nobody can read the
+        remaining results, so the calls not started are cancelled and the
+        running ones stopped, as by [`stop_task()`][safepool.Executor.stop_task].
+        A ``break`` takes effect when the iterator is closed: at once with
+        ``contextlib.aclosing()``, else when it is garbage-collected. For
+        results as they complete, use
+        [`as_completed_async()`][safepool.as_completed_async] over ``submit``'s futures.
+
+        Raises:
+            TypeError: ``fn`` is not callable, or ``chunksize`` or
+                ``buffersize`` is not an int.
+            ValueError: ``chunksize`` or ``buffersize`` is below 1.
+            RuntimeError: after [`shutdown()`][safepool.Executor.shutdown].
+        """
+        return self._map_async(fn, iterables, timeout, chunksize, buffersize, _UNSET, progress)
+
+    async def aclose(self, *, cancel_futures: bool = False) -> None:
+        """``shutdown(wait=True)`` for coroutines: the event loop runs on while tasks finish.
+
+        The waiting happens in a helper thread. If the awaiting task is
+        cancelled meanwhile, the executor stops instead of waiting: calls not
+        started are cancelled and running ones stopped, as by
+        [`terminate_workers()`][safepool.Executor.terminate_workers]; the
+        ``CancelledError`` propagates at once while the workers are stopped.
+
+        Args:
+            cancel_futures: cancel the calls that have not started.
+        """
+        from safepool import _aio
+
+        waiting = _aio.to_thread(partial(self.shutdown, True, cancel_futures=cancel_futures))
+        try:
+            await waiting
+        except BaseException:
+            if waiting.cancelled() or not waiting.done():  # we were cancelled, not shutdown
+                self.shutdown(wait=False, cancel_futures=True)
+                _aio.to_thread(self.terminate_workers)
+            raise
+
+    async def __aenter__(self) -> Executor:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> bool | None:
+        """Leave ``async with``: [`aclose()`][safepool.Executor.aclose] (Ctrl-C: stop quietly)."""
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self._engine.interrupt()
+        else:
+            await self.aclose()
+        return None
+
     # ---------------------------------------------------------------- internal
 
     def _shutdown(self, action: Callable[[], None]) -> None:
@@ -463,7 +573,13 @@ class Executor(cf.Executor):
         placement: Mapping[str, float] | None = None,
     ) -> SafeFuture[T]:
         """Queue a call (``payload``: the call, already pickled); a failed future if it
-        cannot be pickled."""
+        cannot be pickled.
+
+        With OpenTelemetry imported by the application and a span active, a call
+        not yet pickled is traced: it runs in the worker under a "safepool.task"
+        span, ended with its outcome when the future resolves (``safepool._tracing``).
+        Without OpenTelemetry imported, the only added cost is one ``sys.modules`` lookup.
+        """
         check_callable(fn)
         if timeout is _UNSET:
             timeout = _timeout_of(fn)
@@ -473,16 +589,27 @@ class Executor(cf.Executor):
         if self._log_unretrieved:
             future._report_unretrieved = True
             future._fn = fn  # named in the report, if there is one
+        traced = None
         if payload is None:
             try:
-                payload = self._engine.dumps(fn, args, kwargs)
+                if "opentelemetry.trace" in sys.modules:  # in use: trace the call (_tracing)
+                    payload, traced = dumps_traced(self._engine.dumps, fn, args, kwargs, timeout)
+                else:
+                    payload = self._engine.dumps(fn, args, kwargs)
             except PicklingError as error:
                 self._engine.reject(future, error)
                 return future
-        if placement is None:
-            self._engine.submit(future, payload, timeout)
-        else:
-            self._engine.submit(future, payload, timeout, placement)
+        try:
+            if placement is None:
+                self._engine.submit(future, payload, timeout)
+            else:
+                self._engine.submit(future, payload, timeout, placement)
+        except BaseException as exc:
+            if traced is not None:
+                traced.end("rejected", exc)
+            raise
+        if traced is not None:
+            traced.follow(future)
         return future
 
     def _map(
@@ -496,6 +623,42 @@ class Executor(cf.Executor):
         progress: bool | str = False,
         placement: Mapping[str, float] | None = None,
     ) -> Iterator[T]:
+        submit, calls, bar = self._map_calls(fn, iterables, timeout, chunksize, buffersize,
+                                             task_timeout, progress, placement)
+        return map_results(submit, calls, timeout=timeout, buffersize=buffersize,
+                           chunked=chunksize > 1, bar=bar)
+
+    def _map_async(
+        self,
+        fn: Callable[..., T],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        chunksize: int,
+        buffersize: int | None,
+        task_timeout: Any,
+        progress: bool | str = False,
+        placement: Mapping[str, float] | None = None,
+    ) -> AsyncIterator[T]:
+        from safepool import _aio
+
+        submit, calls, bar = self._map_calls(fn, iterables, timeout, chunksize, buffersize,
+                                             task_timeout, progress, placement)
+        pending, more = submit_first(submit, calls, buffersize, bar)
+        return _aio.map_results_async(self.stop_task, submit, pending, more, timeout=timeout,
+                                      chunked=chunksize > 1, bar=bar)
+
+    def _map_calls(
+        self,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        chunksize: int,
+        buffersize: int | None,
+        task_timeout: Any,
+        progress: bool | str,
+        placement: Mapping[str, float] | None,
+    ) -> tuple[Callable[[Any], Submitted], Iterator[Any], ProgressBar | None]:
+        """Check a map's arguments; how to submit one call (or chunk), the calls, the bar."""
         check_callable(fn)
         check_positive_int(chunksize, "chunksize", allow_none=False)
         check_buffersize(buffersize)
@@ -520,8 +683,7 @@ class Executor(cf.Executor):
         # A bound method: the iterator keeps this executor alive (see safepool._map).
         submit = partial(self._submit_map_call, fn, chunksize > 1, task_timeout, bar, placement,
                          len(iterables) == 1)
-        return map_results(submit, calls, timeout=timeout, buffersize=buffersize,
-                           chunked=chunksize > 1, bar=bar)
+        return submit, calls, bar
 
     def _submit_map_call(
         self, fn: Callable[..., Any], chunked: bool, timeout: Any, bar: ProgressBar | None,
@@ -540,12 +702,27 @@ class Executor(cf.Executor):
             chunk: Any = [one[0] for one in call]
         else:
             runner, chunk = partial(run_chunk, fn), call
+        traced = None
         try:
-            payload = self._engine.dumps(runner, (chunk,), {})
+            if "opentelemetry.trace" in sys.modules:  # in use: trace the chunk (_tracing)
+                payload, traced = dumps_traced(
+                    self._engine.dumps, runner, (chunk,), {},
+                    self._timeout if timeout is _UNSET else timeout,
+                    named=fn, chunk_size=len(call),
+                )
+            else:
+                payload = self._engine.dumps(runner, (chunk,), {})
         except PicklingError:
             return [self._counted(self._submit(fn, one, {}, timeout, None, placement), bar, 1)
                     for one in call]
-        future = self._submit(runner, (chunk,), {}, timeout, payload, placement)
+        try:
+            future = self._submit(runner, (chunk,), {}, timeout, payload, placement)
+        except BaseException as exc:
+            if traced is not None:
+                traced.end("rejected", exc)
+            raise
+        if traced is not None:
+            traced.follow(future)
         return self._counted(future, bar, len(call))
 
     @staticmethod
@@ -592,6 +769,28 @@ class ExecutorView(cf.Executor):
         for one call (``pool.options(timeout=5).map(...)``) is safe.
         """
         return self._executor._map(
+            fn, iterables, timeout, chunksize, buffersize, self._task_timeout, progress,
+            self._placement,
+        )
+
+    async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Like [`run()`][safepool.Executor.run], with this view's options."""
+        from safepool import _aio
+
+        return await _aio.call_result(self._executor.stop_task,
+                                      self.submit(fn, *args, **kwargs))
+
+    def map_async(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+        progress: bool | str = False,
+    ) -> AsyncIterator[T]:
+        """Like [`map_async()`][safepool.Executor.map_async], with this view's options."""
+        return self._executor._map_async(
             fn, iterables, timeout, chunksize, buffersize, self._task_timeout, progress,
             self._placement,
         )

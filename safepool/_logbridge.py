@@ -23,6 +23,12 @@ task's future resolves every record the task logged has been handled. The
 parent's handlers never run on the manager thread, so a slow handler cannot
 delay timeouts or dispatch. No lock is shared between processes: a worker
 killed while logging loses at most its own last record.
+
+When OpenTelemetry is in use in the worker and a span is current where a
+record is logged (a traced task, see ``_tracing``), the record carries the
+span's ids as OpenTelemetry's logging instrumentation names them
+(``otelTraceID``, ``otelSpanID``, ``otelTraceSampled``), and the parent
+handles it under that span's context.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import logging
 import os
 import pickle
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +49,8 @@ __all__ = ["BridgeConfig", "LogDispatcher", "bridge_config", "install_bridge"]
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _internal = logging.getLogger("safepool")
+#: Loaded means the application uses OpenTelemetry (``_tracing`` is imported only then).
+_OTEL_TRACE = "opentelemetry.trace"
 
 
 class BridgeConfig:
@@ -115,6 +124,10 @@ class _BridgeHandler(logging.Handler):
 
 def _encode(record: logging.LogRecord, formatter: logging.Formatter) -> bytes:
     data = dict(record.__dict__)
+    if _OTEL_TRACE in sys.modules:  # the ids of the span it was logged in (see _tracing)
+        from safepool._tracing import add_log_fields
+
+        add_log_fields(data)
     data["msg"] = record.getMessage()
     data["args"] = None
     if record.exc_info:
@@ -246,4 +259,10 @@ class LogDispatcher:
         record = logging.makeLogRecord(data)
         logger = self._target or logging.getLogger(record.name)
         if logger.isEnabledFor(record.levelno):
-            logger.handle(record)
+            if "otelSpanID" in data and _OTEL_TRACE in sys.modules:
+                from safepool._tracing import handle_in_context
+
+                # Under the worker's span, for OpenTelemetry log handlers here.
+                handle_in_context(logger.handle, record, data)
+            else:
+                logger.handle(record)

@@ -37,6 +37,7 @@ __all__ = [
     "chunked",
     "known_length",
     "map_results",
+    "submit_first",
 ]
 
 
@@ -85,23 +86,35 @@ def map_results(
     calls, and from ``next()`` for later ones.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    try:
-        if buffersize is None:
-            pending = deque(submit(call) for call in calls)
-            more = None
-        else:
-            pending = deque(submit(call) for call in islice(calls, buffersize))
-            more = calls
-    except BaseException:
-        if bar is not None:
-            bar.close()
-        raise
+    pending, more = submit_first(submit, calls, buffersize, bar)
     results = MapIterator(pending, submit, more, deadline, chunked, bar)
     if not chunked:
         return results
     flat = cast("FlatMapIterator", FlatMapIterator.from_iterable(results))
     flat.chunks = results
     return flat
+
+
+def submit_first(
+    submit: Callable[[Any], Submitted],
+    calls: Iterator[Any],
+    buffersize: int | None,
+    bar: ProgressBar | None,
+) -> tuple[deque[Submitted], Iterator[Any] | None]:
+    """Submit what a map submits when it is called: every call, or the first ``buffersize``.
+
+    Returns the submitted calls and the calls left to submit one per result
+    taken (``None`` without a ``buffersize``). If submitting raises, ``bar``
+    is closed and the error propagates.
+    """
+    try:
+        if buffersize is None:
+            return deque(submit(call) for call in calls), None
+        return deque(submit(call) for call in islice(calls, buffersize)), calls
+    except BaseException:
+        if bar is not None:
+            bar.close()
+        raise
 
 
 class MapIterator(Iterator[Any]):

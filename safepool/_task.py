@@ -88,6 +88,12 @@ class TaskFunction(Generic[P, R]):
         # Sent as itself: it pickles by reference and runs as the original function.
         return executor.submit(cast("Callable[P, R]", self), *args, **kwargs)
 
+    async def run(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Await the call from a coroutine, as [`Executor.run()`][safepool.Executor.run]:
+        cancelling the awaiting task stops the call if it is running."""
+        executor = self._executor if self._executor is not None else default_executor()
+        return await executor.run(cast("Callable[P, R]", self), *args, **kwargs)
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (_resolve, (self.__module__, self.__qualname__))
 

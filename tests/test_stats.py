@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
+import pickle
 import threading
 import time
 from concurrent.futures import wait
 
 import psutil
+import pytest
 
 import safepool
 from tests import obs_tasks
@@ -164,3 +167,98 @@ def test_a_call_that_does_not_pickle_counts_as_submitted_and_failed(make_pool):
     stats = pool.stats()
     assert (stats.submitted, stats.failed, stats.completed) == (1, 1, 0)
     assert accounted(stats) == 1
+
+
+def cumulative(histogram: safepool.TaskSeconds) -> dict[float, int]:
+    return dict(histogram.buckets)
+
+
+def test_task_seconds_counts_the_tasks_that_ran_and_replied(make_pool):
+    pool = make_pool(1)
+    futures = [
+        pool.submit(obs_tasks.succeed, 1),
+        pool.submit(obs_tasks.fail, "a"),
+        pool.submit(obs_tasks.sleep_then, 2, 0.3),
+        pool.submit(obs_tasks.crash),
+        pool.options(timeout=0.5).submit(obs_tasks.hang),
+    ]
+    wait(futures, timeout=60)
+    stats = pool.stats()
+    assert (stats.completed, stats.failed, stats.crashed, stats.timed_out) == (2, 1, 1, 1)
+    histogram = stats.task_seconds
+    assert histogram.count == stats.completed + stats.failed == 3  # not the crash, the timeout
+    bounds = [bound for bound, _ in histogram.buckets]
+    assert bounds == sorted(bounds) and bounds[-1] == math.inf
+    counts = [n for _, n in histogram.buckets]
+    assert counts == sorted(counts) and counts[-1] == histogram.count
+    assert cumulative(histogram)[0.25] == 2  # succeed and fail; the sleep took >= 0.3 s
+    assert cumulative(histogram)[5.0] == 3
+    assert 0.3 <= histogram.sum < 5
+
+
+def test_task_seconds_is_recorded_before_the_future_resolves(make_pool):
+    pool = make_pool(1)
+    for n in range(1, 4):
+        pool.submit(obs_tasks.succeed, n).result(timeout=30)
+        assert pool.stats().task_seconds.count == n
+
+
+def test_a_bucket_holds_durations_up_to_and_including_its_bound():
+    from safepool._stats import TASK_SECONDS_BOUNDS, Counters
+
+    counters = Counters()
+    for seconds in (0.0, 0.001, 0.0010001, 1.0, 3600.0, 3600.5, 1e9):
+        counters.record_seconds(seconds)
+    histogram = counters.task_seconds()
+    assert cumulative(histogram)[0.001] == 2
+    assert cumulative(histogram)[0.0025] == 3
+    assert cumulative(histogram)[1.0] == 4
+    assert cumulative(histogram)[3600.0] == 5
+    assert cumulative(histogram)[math.inf] == histogram.count == 7
+    assert histogram.sum == pytest.approx(1e9 + 7201.5020001)
+    assert [b for b, _ in histogram.buckets] == [*TASK_SECONDS_BOUNDS, math.inf]
+
+
+def test_task_seconds_merge_and_defaults():
+    from safepool._stats import Counters, merge_task_seconds
+
+    first, second = Counters(), Counters()
+    for seconds in (0.002, 0.2, 20.0):
+        first.record_seconds(seconds)
+    second.record_seconds(0.2)
+    merged = merge_task_seconds([first.task_seconds(), second.task_seconds()])
+    assert merged.count == 4 and merged.sum == pytest.approx(20.402)
+    assert cumulative(merged)[0.0025] == 1 and cumulative(merged)[0.25] == 3
+    assert merge_task_seconds([]) == safepool.TaskSeconds()
+    # Stats made without the new field (as before it existed) get an empty histogram.
+    stats = safepool.Stats((), 0, 0, 0, 0, 0, 0, 0)
+    assert stats.task_seconds.count == 0 and stats.task_seconds.sum == 0.0
+    assert all(n == 0 for _, n in stats.task_seconds.buckets)
+    # Public as safepool.TaskSeconds: shown and pickled by that name (a cluster's nodes send it).
+    assert repr(merged).startswith("TaskSeconds(")
+    assert safepool.TaskSeconds.__module__ == "safepool"
+    assert pickle.loads(pickle.dumps(merged)) == merged
+
+
+@pytest.fixture(params=["local", "dask"])
+def engine(request):
+    return request.param
+
+
+def test_task_seconds_on_both_engines(engine, request):
+    cluster = request.getfixturevalue("dask_client") if engine == "dask" else None
+    pool = safepool.Executor(**({"cluster": cluster} if cluster else {"max_workers": 2}))
+    try:
+        for n in range(3):
+            assert pool.submit(obs_tasks.succeed, n).result(timeout=30) == n
+        with pytest.raises(ValueError):
+            pool.submit(obs_tasks.fail, "x").result(timeout=30)
+        with pytest.raises(safepool.TaskTimeoutError):
+            pool.options(timeout=0.3).submit(obs_tasks.hang).result(timeout=30)
+        stats = pool.stats()
+        assert (stats.completed, stats.failed, stats.timed_out) == (3, 1, 1)
+        assert stats.task_seconds.count == 4  # merged across the nodes' pools on Dask
+        assert cumulative(stats.task_seconds)[0.25] == 4
+        assert 0 < stats.task_seconds.sum < 1
+    finally:
+        pool.kill_workers()

@@ -69,7 +69,7 @@ from safepool._errors import (
     WorkerCrashedError,
 )
 from safepool._future import SafeFuture
-from safepool._stats import Counters, Stats, WorkerStats
+from safepool._stats import Counters, Stats, TaskSeconds, WorkerStats, merge_task_seconds
 
 __all__ = ["ClusterFuture", "DaskEngine", "connect"]
 
@@ -484,13 +484,16 @@ class DaskEngine:
         workers: list[WorkerStats] = []
         recycled = dict(self.counters.recycled)
         running = queued = 0
+        durations: list[TaskSeconds] = []  # measured by the nodes' pools: merged
         if not self._closed and self.client.status == "running":
-            for rows, node_recycled, node_running, node_queued in self._control("stats").values():
+            for reply in self._control("stats").values():
+                rows, node_recycled, node_running, node_queued, *more = reply
                 workers += rows
                 for reason, n in node_recycled.items():
                     recycled[reason] = recycled.get(reason, 0) + n
                 running += node_running
                 queued += node_queued
+                durations += more[:1]  # (a node of an older safepool sends none)
         with self._lock:
             counters = Counters()
             for name in Counters.__slots__:
@@ -499,7 +502,9 @@ class DaskEngine:
             outstanding = len(self._outstanding)
         # Calls the scheduler holds count as queued: submitted, not yet on a node.
         queued = max(queued, outstanding - running)
-        return Stats.of(counters, tuple(workers), queued, running)
+        return Stats.of(
+            counters, tuple(workers), queued, running, merge_task_seconds(durations)
+        )
 
 
 def _check_importable(settings: dict[str, Any]) -> None:

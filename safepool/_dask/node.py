@@ -272,7 +272,7 @@ def _stats(executor_id: str, address: str) -> Any:
         WorkerStats(w.pid, w.state, w.tasks, w.rss, w.uptime, node=address)
         for w in stats.workers
     ]
-    return workers, dict(stats.recycled), stats.running, stats.queued
+    return workers, dict(stats.recycled), stats.running, stats.queued, stats.task_seconds
 
 
 _ACTIONS: dict[str, Callable[..., Any]] = {

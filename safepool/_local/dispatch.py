@@ -215,6 +215,7 @@ class Dispatch(PoolState):
             return
         if item.settled:  # timed out or stopped already; the reply raced the kill
             return
+        self.counters.record_seconds(seconds)  # before the future resolves, as the outcome
         if item.raw:
             if kind == _transport.OK:
                 self.counters.completed += 1

@@ -1,0 +1,230 @@
+"""asyncio: awaitable calls whose cancellation stops the work, async shutdown and results.
+
+The executor's machinery is threads and pipes; an event loop only ever waits
+on it, never blocks for it::
+
+    event loop thread                         helper thread            manager
+    ─────────────────                         ─────────────            ───────
+    await pool.run(fn)   ── submit() ─────────────────────────────────► worker
+      │  an asyncio future chained to the call's future
+      │  (its done-callback wakes the loop: call_soon_threadsafe)
+      ▼
+    cancelled (task.cancel(), asyncio.timeout(), a failing TaskGroup)
+      ├─ not started: future.cancel(); it never runs
+      └─ running:     stop_task() ────────────► stop request ─────────► SIGTERM the
+                      awaited, not blocking     (waits until the         task's tree,
+                      the loop                   manager took it)        new worker
+
+    async with pool: / await pool.aclose()
+      └─ shutdown(wait=True) ─────────────────► waits for the tasks
+         awaited; the loop serves other coroutines meanwhile
+
+* **The event loop** submits (pickling happens there, as with ``submit``) and
+  awaits asyncio futures chained to the calls' futures, as
+  ``loop.run_in_executor`` does. It never waits on a lock the manager holds.
+* **A helper thread**, one per blocking step (a ``stop_task`` or a shutdown),
+  does what may block: stopping a running task waits until the manager has
+  taken the request, and on a cluster it is a round trip to the nodes.
+* **The manager** is the executor's own (see ``safepool._local.pool``): it
+  signals the task's process tree and starts a replacement worker.
+
+Stopping is awaited before the cancellation is re-raised, so by the time a
+cancelled ``await pool.run(...)`` raises ``CancelledError`` its worker has been
+signalled. A second cancellation while that is under way does not interrupt
+the stop: it goes on in its thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from safepool._map import Submitted
+
+if TYPE_CHECKING:
+    from safepool._progress import ProgressBar
+
+__all__ = ["as_completed_async", "call_result", "map_results_async", "stop_all", "to_thread"]
+
+T = TypeVar("T")
+
+
+def to_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
+    """Run ``fn`` in a new daemon thread; an asyncio future of its outcome.
+
+    Not the loop's default executor: at the end of ``asyncio.run`` that is
+    shut down while cancelled tasks still clean up, and a stop must still run.
+    """
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[T] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if outcome.done():  # the awaiting side gave up (cancelled)
+            return
+        if ok:
+            outcome.set_result(value)
+        else:
+            outcome.set_exception(value)
+
+    def target() -> None:
+        try:
+            value: Any = fn()
+            ok = True
+        except BaseException as exc:  # delivered to the awaiting coroutine
+            value, ok = exc, False
+        try:
+            loop.call_soon_threadsafe(settle, ok, value)
+        except RuntimeError:  # the loop closed meanwhile: nobody is waiting
+            pass
+
+    threading.Thread(target=target, name="safepool-asyncio", daemon=True).start()
+    return outcome
+
+
+async def stop_all(stop_task: Callable[[cf.Future[Any]], bool],
+                   futures: Iterable[cf.Future[Any]]) -> None:
+    """Make sure none of ``futures`` runs on: cancel the ones not started, stop the rest.
+
+    Cancelling is immediate. Stopping running ones (``stop_task``) happens in a
+    helper thread and is awaited; a cancellation of this coroutine meanwhile
+    does not interrupt it.
+    """
+    running = [f for f in futures if not f.cancel() and not f.done()]
+    if not running:
+        return
+
+    def stop() -> None:
+        for future in running:
+            stop_task(future)
+
+    stopping = to_thread(stop)
+    try:
+        await asyncio.shield(stopping)
+    except asyncio.CancelledError:
+        pass  # cancelled again: the caller is raising CancelledError anyway
+
+
+async def call_result(stop_task: Callable[[cf.Future[Any]], bool], future: cf.Future[T]) -> T:
+    """The outcome of ``future``, awaited; if the awaiting task is cancelled, stop the call."""
+    waiter = asyncio.wrap_future(future)
+    try:
+        return await waiter
+    except asyncio.CancelledError:
+        await stop_all(stop_task, (future,))
+        raise
+
+
+async def _outcome(future: cf.Future[Any], deadline: float | None) -> Any:
+    waiter = asyncio.wrap_future(future)
+    if deadline is None:
+        return await waiter
+    done, _ = await asyncio.wait((waiter,), timeout=max(0.0, deadline - time.monotonic()))
+    if not done:
+        raise cf.TimeoutError("map_async(): the results were not ready within its timeout")
+    return waiter.result()
+
+
+def map_results_async(
+    stop_task: Callable[[cf.Future[Any]], bool],
+    submit: Callable[[Any], Submitted],
+    pending: deque[Submitted],
+    more: Iterable[Any] | None,
+    *,
+    timeout: float | None,
+    chunked: bool,
+    bar: ProgressBar | None,
+) -> AsyncIterator[Any]:
+    """The results of calls already submitted (``pending``), in order, as an async iterator.
+
+    ``more``: calls left to submit, one each time a result is taken (a map's
+    ``buffersize``). When the iteration ends early, by a ``break``, an
+    exception, a cancellation or its ``timeout``, the calls not started are
+    cancelled and the running ones stopped.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    rest = None if more is None else iter(more)
+
+    async def results() -> AsyncIterator[Any]:
+        nonlocal rest
+        current: list[cf.Future[Any]] = []
+        finished = False
+        try:
+            while pending:
+                if rest is not None:
+                    call = next(rest, _END)
+                    if call is _END:
+                        rest = None
+                    else:
+                        pending.append(submit(call))
+                head = pending.popleft()
+                split = isinstance(head, list)  # a chunk sent call by call
+                current = list(head) if isinstance(head, list) else [head]
+                while current:
+                    value = await _outcome(current[0], deadline)
+                    current.pop(0)
+                    if chunked and not split:
+                        for item in value:
+                            yield item
+                    else:
+                        yield value
+            finished = True
+        finally:
+            rest = None
+            if bar is not None:
+                bar.close()
+            if not finished:
+                left = list(current)
+                for head in pending:
+                    left.extend(head if isinstance(head, list) else (head,))
+                pending.clear()
+                await stop_all(stop_task, left)
+
+    return results()
+
+
+async def as_completed_async(
+    futures: Iterable[cf.Future[T]], timeout: float | None = None
+) -> AsyncIterator[cf.Future[T]]:
+    """Yield ``futures`` as they finish (done, failed or cancelled), without blocking the loop.
+
+    The asyncio counterpart of `concurrent.futures.as_completed`: any
+    `concurrent.futures.Future`, from safepool or not, mixed freely; duplicates
+    are yielded once; the ones already done come first. ``timeout`` is one
+    deadline for the whole iteration: when it passes, ``TimeoutError`` is
+    raised, naming how many are unfinished. Stopping early leaves the futures
+    alone (they are not cancelled).
+
+    Raises:
+        TimeoutError: the deadline passed first (``concurrent.futures.TimeoutError``,
+            which is the built-in ``TimeoutError`` on Python 3.11+).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    unique = list(dict.fromkeys(futures))
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Queue[cf.Future[T]] = asyncio.Queue()
+
+    def arrived(future: cf.Future[T]) -> None:
+        try:
+            loop.call_soon_threadsafe(finished.put_nowait, future)
+        except RuntimeError:  # the loop closed: nobody is iterating any more
+            pass
+
+    for future in unique:
+        future.add_done_callback(arrived)
+    for _ in unique:
+        if deadline is None:
+            yield await finished.get()
+            continue
+        try:
+            yield await asyncio.wait_for(finished.get(), max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            left = sum(1 for f in unique if not f.done())
+            raise cf.TimeoutError(f"{left} (of {len(unique)}) futures unfinished") from None
+
+
+_END: Any = object()
