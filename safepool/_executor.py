@@ -667,7 +667,10 @@ class Executor(cf.Executor):
             raise TypeError(f"progress must be a bool or a label, not {type(progress).__name__}")
         if task_timeout is _UNSET and _timeout_of(fn) is not None:
             task_timeout = _timeout_of(fn)
-        calls: Iterator[Any] = zip(*iterables, strict=False)
+        single = len(iterables) == 1
+        # Chunks of a map over one iterable hold its items themselves, not 1-tuples.
+        calls: Iterator[Any] = (iter(iterables[0]) if single and chunksize > 1
+                                else zip(*iterables, strict=False))
         bar = None
         if progress is not False:
             if buffersize is None:  # map reads the whole input now anyway
@@ -682,7 +685,7 @@ class Executor(cf.Executor):
             calls = chunked(calls, chunksize)
         # A bound method: the iterator keeps this executor alive (see safepool._map).
         submit = partial(self._submit_map_call, fn, chunksize > 1, task_timeout, bar, placement,
-                         len(iterables) == 1)
+                         single)
         return submit, calls, bar
 
     def _submit_map_call(
@@ -697,11 +700,9 @@ class Executor(cf.Executor):
         """
         if not chunked:
             return self._counted(self._submit(fn, call, {}, timeout, None, placement), bar, 1)
-        if single:  # map over one iterable: the arguments themselves, not 1-tuples
-            runner = partial(run_chunk_single, fn)
-            chunk: Any = [one[0] for one in call]
-        else:
-            runner, chunk = partial(run_chunk, fn), call
+        # A chunk of a map over one iterable holds the arguments, not 1-tuples.
+        runner = partial(run_chunk_single if single else run_chunk, fn)
+        chunk = call
         traced = None
         try:
             if "opentelemetry.trace" in sys.modules:  # in use: trace the chunk (_tracing)
@@ -713,7 +714,8 @@ class Executor(cf.Executor):
             else:
                 payload = self._engine.dumps(runner, (chunk,), {})
         except PicklingError:
-            return [self._counted(self._submit(fn, one, {}, timeout, None, placement), bar, 1)
+            return [self._counted(self._submit(fn, (one,) if single else one, {}, timeout, None,
+                                               placement), bar, 1)
                     for one in call]
         try:
             future = self._submit(runner, (chunk,), {}, timeout, payload, placement)

@@ -58,8 +58,8 @@ def run_chunk(fn: Callable[..., Any], chunk: Sequence[tuple[Any, ...]]) -> list[
 
 
 def run_chunk_single(fn: Callable[[Any], Any], chunk: Sequence[Any]) -> list[Any]:
-    """Run ``fn`` over a chunk of single arguments (``map`` over one iterable): a list
-    of the arguments themselves pickles smaller and faster than a tuple of 1-tuples."""
+    """Run ``fn`` over a chunk of single arguments (``map`` over one iterable): the
+    arguments themselves pickle smaller and faster than a tuple of 1-tuples."""
     return [fn(arg) for arg in chunk]
 
 
