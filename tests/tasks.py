@@ -192,3 +192,12 @@ def describe_buffers(*args, **kwargs):
         return type(value).__name__, len(value), zlib.crc32(value)
 
     return [one(a) for a in args], {k: one(v) for k, v in kwargs.items()}
+
+
+def note_start_then_wait_for(fifo, tag, path, seconds=30):
+    """Say "<tag> <pid>" on the FIFO, then return once ``path`` exists (or after ``seconds``)."""
+    notify(fifo, f"{tag} {os.getpid()}")
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return tag

@@ -362,7 +362,7 @@ def test_the_forkserver_preloads_the_executor_only_when_workers_will_import_it(m
 
 
 def test_a_process_kept_from_the_processes_view_stays_usable_after_its_worker_is_gone(
-    make_pool, fifo
+    make_pool, fifo, tmp_path
 ):
     """As with the stdlib (CPython's tests join() such a process after stopping the pool).
 
@@ -371,13 +371,15 @@ def test_a_process_kept_from_the_processes_view_stays_usable_after_its_worker_is
     exit code (about one round in 60), hence several rounds.
     """
     pool = make_pool(1, max_tasks_per_child=1)
-    for _ in range(8):
-        pid = pool.submit(tasks.pid).result(timeout=30)
-        kept = pool._processes.get(pid)
-        pool.submit(tasks.add, 1).result(timeout=30)  # the first worker was recycled meanwhile
-        if kept is not None:  # (it may have been recycled before the view was read)
-            kept.join(timeout=30)
-            assert (kept.is_alive(), kept.exitcode) == (False, 0)
+    for round_ in range(8):
+        release = tmp_path / f"release{round_}"
+        future = pool.submit(tasks.note_start_then_wait_for, fifo.path, "running", str(release))
+        pid = int(fifo.line().split()[1])
+        kept = pool._processes[pid]  # taken while its task runs
+        release.touch()
+        assert future.result(timeout=30) == "running"  # and the worker exits: it is recycled
+        kept.join(timeout=30)
+        assert (kept.is_alive(), kept.exitcode) == (False, 0)
     pool.submit(tasks.note_start_then_sleep, fifo.path, "running", 60)
     pid = int(fifo.line().split()[1])
     worker = pool._processes[pid]

@@ -17,6 +17,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import InvalidStateError
+from multiprocessing import connection as _mp_connection
+from multiprocessing import popen_forkserver as _popen_forkserver
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -98,6 +100,7 @@ class _Worker:
         self.started = time.monotonic()
         self.ps: Any = None  # psutil.Process, made on the first stats() call
         self.sentinel: int = _open_sentinel(process)
+        _serialize_forkserver_poll(process)
 
     @property
     def head(self) -> WorkItem | None:
@@ -118,6 +121,32 @@ def _open_sentinel(process: BaseProcess) -> int:
         except OSError:
             pass
     return process.sentinel
+
+
+def _serialize_forkserver_poll(process: BaseProcess) -> None:
+    """Let the pool and a user's ``join()`` read a forkserver worker's exit code at once.
+
+    A forkserver worker's exit code is 4 bytes the forkserver writes to its
+    sentinel pipe, and ``Popen.poll`` reads them. Two threads polling together
+    (the manager reaping the worker, and code that kept the process from the
+    ``_processes`` view joining it) both see the pipe ready; one reads the code,
+    the other reads end-of-file and records 255, possibly over the real code.
+    So this process's ``poll`` waits for the pipe outside a lock, and reads it
+    under the lock, once.
+    """
+    popen = getattr(process, "_popen", None)
+    if popen is None or not isinstance(popen, _popen_forkserver.Popen):
+        return
+    lock = threading.Lock()
+    read_once = popen.poll
+
+    def poll(flag: int = os.WNOHANG) -> int | None:
+        if popen.returncode is None and flag != os.WNOHANG:
+            _mp_connection.wait([popen.sentinel])  # blocking: never while holding the lock
+        with lock:
+            return read_once(os.WNOHANG)
+
+    popen.poll = poll  # type: ignore[method-assign]  # this one process only
 
 
 def _set_result(future: SafeFuture[Any], value: Any) -> None:

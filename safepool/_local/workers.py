@@ -293,5 +293,10 @@ def _collect_exit(worker: _Worker) -> None:
                 dead_by_signal = info.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
                 popen.returncode = -info.si_status if dead_by_signal else info.si_status
         os.waitid(os.P_PIDFD, worker.sentinel, os.WEXITED)
-    except ChildProcessError:  # a user's join() reaped it first, and recorded its code
-        pass
+    except ChildProcessError:
+        # A user's join() reaped it first and is about to record its code (it needs
+        # the GIL for that): let it, so that _forget() sees the worker as exited and
+        # releases its fds now.
+        deadline = time.monotonic() + 1.0
+        while popen.returncode is None and time.monotonic() < deadline:
+            time.sleep(0.0005)
