@@ -167,6 +167,24 @@ def test_stop_task_stops_a_running_task_and_its_tree(make, fifo):
     pool.shutdown()
 
 
+def test_cancelling_an_awaited_run_stops_the_call_and_its_tree(make, fifo):
+    pool = make()
+
+    async def main():
+        call = asyncio.ensure_future(pool.run(tasks.spawn_tree_and_hang, fifo.path))
+        pids = [int(p) for p in (await asyncio.to_thread(fifo.line)).split()]
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        return pids, [r async for r in pool.map_async(tasks.add, range(4))]
+
+    pids, results = asyncio.run(main())
+    assert wait_gone(pids) == []
+    assert results == [0, 1, 2, 3]
+    assert pool.stats().stopped == 1
+    pool.shutdown()
+
+
 def test_cancel_and_shutdown_cancel_futures_only_cancel_what_has_not_started(make, fifo):
     pool = make()
     # Two pool processes in all: both busy, then more calls that cannot start yet.
