@@ -78,6 +78,12 @@ class SafeFuture(Future[T]):
     _retrieved = False
 
     def result(self, timeout: float | None = None) -> T:
+        if self._state == FINISHED and self._exception is None:
+            # Final once set, so read without the lock, as CPython's own
+            # Future._get_snapshot (3.15) does: most results are taken after
+            # the task is done, and this is two lock operations fewer each.
+            self._retrieved = True
+            return self._result  # type: ignore[return-value]
         try:
             return super().result(timeout)
         except KeyboardInterrupt as exc:
