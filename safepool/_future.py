@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from functools import partial
 from typing import Any, Protocol, TypeVar
@@ -100,6 +100,22 @@ class SafeFuture(Future[T]):
             raise
         finally:
             self._mark_retrieved()
+
+    def set_result(self, result: T) -> None:
+        # The stdlib's, minus the work that has no one to serve: most futures
+        # have no thread waiting on them and no callback when their result
+        # arrives (they are read after), and this runs for every task.
+        with self._condition:
+            if self._state in _DONE:
+                raise InvalidStateError(f"{self._state}: {self!r}")
+            self._result = result
+            self._state = FINISHED
+            for waiter in self._waiters:
+                waiter.add_result(self)
+            if self._condition._waiters:  # type: ignore[attr-defined]
+                self._condition.notify_all()
+        if self._done_callbacks:  # type: ignore[attr-defined]
+            self._invoke_callbacks()
 
     def set_exception(self, exception: BaseException | None) -> None:
         super().set_exception(exception)

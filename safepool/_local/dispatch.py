@@ -73,11 +73,25 @@ class Dispatch(PoolState):
                 return item
             self.counters.cancelled += 1
 
-    def _peek(self) -> WorkItem | None:
-        if self._retry:
-            return self._retry[0]
-        with self._lock:
-            return self._pending[0] if self._pending else None
+    def _next_prefetchable(self) -> WorkItem | None:
+        """The next task, if it may wait in a busy worker's pipe: no timeout, a small
+        payload. Else None, and it stays first in line, for an idle worker."""
+        while True:
+            if self._retry:  # re-sent after a worker died: started already
+                head = self._retry[0]
+                if head.timeout is not None or len(head.payload) > _PREFETCH_PAYLOAD:
+                    return None
+                return self._retry.popleft()
+            with self._lock:  # one acquisition to look and take
+                if not self._pending:
+                    return None
+                head = self._pending[0]
+                if head.timeout is not None or len(head.payload) > _PREFETCH_PAYLOAD:
+                    return None
+                self._pending.popleft()
+            if head.future.start():  # a cancelled pending task never starts
+                return head
+            self.counters.cancelled += 1
 
     def _dispatch(self) -> None:
         """Send waiting tasks: one to each idle worker, then prefetch short ones.
@@ -127,19 +141,9 @@ class Dispatch(PoolState):
         ]
         while takers:
             for worker in list(takers):
-                peeked = self._peek()
-                if peeked is None or peeked.timeout is not None or (
-                    len(peeked.payload) > _PREFETCH_PAYLOAD
-                ):
-                    return  # in order: what comes next waits for an idle worker
-                item = self._next_item()
+                item = self._next_prefetchable()
                 if item is None:
-                    return
-                if item.timeout is not None or len(item.payload) > _PREFETCH_PAYLOAD:
-                    # The peeked one was cancelled meanwhile and this one may not be
-                    # prefetched: it waits (started) for an idle worker, first in line.
-                    self._retry.appendleft(item)
-                    return
+                    return  # in order: what comes next waits for an idle worker
                 self._assign(worker, item, batches)
                 if len(worker.inflight) >= depth or worker.closing:
                     takers.remove(worker)
