@@ -104,8 +104,9 @@ class SafeFuture(Future[T]):
     def set_result(self, result: T) -> None:
         # The stdlib's, minus the work that has no one to serve: most futures
         # have no thread waiting on them and no callback when their result
-        # arrives (they are read after), and this runs for every task.
-        with self._condition:
+        # arrives (they are read after), and this runs for every task. (The
+        # condition's own lock, as in start().)
+        with self._condition._lock:  # type: ignore[attr-defined]
             if self._state in _DONE:
                 raise InvalidStateError(f"{self._state}: {self!r}")
             self._result = result
@@ -196,7 +197,9 @@ class SafeFuture(Future[T]):
 
     def start(self) -> bool:
         """Mark the future running; False if it was cancelled (it must then not run)."""
-        with self._condition:
+        # The condition's own lock: the same mutual exclusion, without the
+        # condition's Python-level __enter__/__exit__ (this runs for every task).
+        with self._condition._lock:  # type: ignore[attr-defined]
             if self._state == PENDING:  # the common case, under one acquisition of the lock
                 self._state = RUNNING
                 return True
