@@ -214,10 +214,11 @@ class Pool(Dispatch, Lifecycle, Deadlines, Stopping, Failures):
         """
         item = WorkItem(future, payload, timeout, raw)
         with self._lock:
-            self._check_accepting()
+            if self._broken is not None or self._shutdown or _interpreter_exiting:
+                self._check_accepting()  # raises, saying why
             item.future._safepool = self
             self.counters.submitted += 1
-            if self._failing_fast():
+            if self._setup_error is not None and self._failing_fast():
                 assert self._setup_error is not None
                 self.counters.failed += 1
                 item.future.set_exception(self._setup_error())
