@@ -24,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
+from concurrent.futures._base import FINISHED
 from itertools import islice
 from typing import TYPE_CHECKING, Any, cast
 
@@ -204,5 +205,8 @@ def _result_or_cancel(future: Future[Any], deadline: float | None) -> Any:
     try:
         return future.result(None if deadline is None else deadline - time.monotonic())
     finally:
-        future.cancel()  # only a future that has not started: a timeout or an interrupt
+        # Only a future that has not started: a timeout or an interrupt. A finished
+        # one (nearly every one: its state is final) is not asked, which takes its lock.
+        if future._state != FINISHED:
+            future.cancel()
         del future
