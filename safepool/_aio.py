@@ -38,10 +38,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from safepool._map import Submitted
@@ -49,9 +50,13 @@ from safepool._map import Submitted
 if TYPE_CHECKING:
     from safepool._progress import ProgressBar
 
-__all__ = ["as_completed_async", "call_result", "map_results_async", "stop_all", "to_thread"]
+__all__ = [
+    "AsyncMapIterator", "as_completed_async", "call_result", "map_results_async", "stop_all",
+    "to_thread",
+]
 
 T = TypeVar("T")
+_log = logging.getLogger("safepool")
 
 
 def to_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
@@ -100,7 +105,10 @@ async def stop_all(stop_task: Callable[[cf.Future[Any]], bool],
 
     def stop() -> None:
         for future in running:
-            stop_task(future)
+            try:
+                stop_task(future)
+            except Exception:  # a cluster that went away: the others are still stopped
+                _log.warning("could not stop %r", future, exc_info=True)
 
     stopping = to_thread(stop)
     try:
@@ -123,10 +131,15 @@ async def _outcome(future: cf.Future[Any], deadline: float | None) -> Any:
     waiter = asyncio.wrap_future(future)
     if deadline is None:
         return await waiter
-    done, _ = await asyncio.wait((waiter,), timeout=max(0.0, deadline - time.monotonic()))
-    if not done:
-        raise cf.TimeoutError("map_async(): the results were not ready within its timeout")
-    return waiter.result()
+    try:
+        done, _ = await asyncio.wait((waiter,), timeout=max(0.0, deadline - time.monotonic()))
+        if not done:
+            raise cf.TimeoutError("map_async(): the results were not ready within its timeout")
+        return waiter.result()
+    finally:
+        # Given up on (timeout, cancellation): its call is about to be stopped, and the
+        # TaskStoppedError must not land on a future nobody reads (asyncio would log it).
+        waiter.cancel()
 
 
 def map_results_async(
@@ -149,7 +162,7 @@ def map_results_async(
     deadline = None if timeout is None else time.monotonic() + timeout
     rest = None if more is None else iter(more)
 
-    async def results() -> AsyncIterator[Any]:
+    async def results() -> AsyncGenerator[Any, None]:
         nonlocal rest
         current: list[cf.Future[Any]] = []
         finished = False
@@ -178,13 +191,59 @@ def map_results_async(
             if bar is not None:
                 bar.close()
             if not finished:
-                left = list(current)
-                for head in pending:
-                    left.extend(head if isinstance(head, list) else (head,))
+                left = list(current) + _futures_of(pending)
                 pending.clear()
                 await stop_all(stop_task, left)
 
-    return results()
+    return AsyncMapIterator(results(), stop_task, pending, bar)
+
+
+def _futures_of(pending: Iterable[Submitted]) -> list[cf.Future[Any]]:
+    left: list[cf.Future[Any]] = []
+    for head in pending:
+        left.extend(head if isinstance(head, list) else (head,))
+    return left
+
+
+class AsyncMapIterator(AsyncIterator[Any]):
+    """What ``map_async`` returns: its results, in order, for ``async for``.
+
+    ``aclose()`` stops what is left, even before the first result (an async
+    generator would not run its cleanup then). Dropped unread and unclosed, it
+    cancels the calls not started; the running ones finish, as with ``map``.
+    """
+
+    def __init__(self, results: AsyncGenerator[Any, None],
+                 stop_task: Callable[[cf.Future[Any]], bool],
+                 pending: deque[Submitted], bar: ProgressBar | None) -> None:
+        self._results = results
+        self._stop_task = stop_task
+        self._pending = pending
+        self._bar = bar
+        self._started = False
+
+    def __aiter__(self) -> AsyncMapIterator:
+        return self
+
+    async def __anext__(self) -> Any:
+        self._started = True
+        return await self._results.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop: cancel the calls not started and stop the running ones (idempotent)."""
+        if not self._started:
+            self._started = True
+            if self._bar is not None:
+                self._bar.close()
+            left = _futures_of(self._pending)
+            self._pending.clear()
+            await stop_all(self._stop_task, left)
+        await self._results.aclose()
+
+    def __del__(self) -> None:
+        if not self._started:  # no event loop to wait on here: cancel what has not started
+            for future in _futures_of(self._pending):
+                future.cancel()
 
 
 async def as_completed_async(

@@ -521,8 +521,8 @@ class Executor(cf.Executor):
         The waiting happens in a helper thread. If the awaiting task is
         cancelled meanwhile, the executor stops instead of waiting: calls not
         started are cancelled and running ones stopped, as by
-        [`terminate_workers()`][safepool.Executor.terminate_workers]; the
-        ``CancelledError`` propagates at once while the workers are stopped.
+        [`terminate_workers()`][safepool.Executor.terminate_workers], and then
+        the ``CancelledError`` propagates.
 
         Args:
             cancel_futures: cancel the calls that have not started.
@@ -534,9 +534,20 @@ class Executor(cf.Executor):
             await waiting
         except BaseException:
             if waiting.cancelled() or not waiting.done():  # we were cancelled, not shutdown
-                self.shutdown(wait=False, cancel_futures=True)
-                _aio.to_thread(self.terminate_workers)
+                await self._stop_now()
             raise
+
+    async def _stop_now(self) -> None:
+        """terminate_workers() from a helper thread, awaited; a second cancellation
+        meanwhile does not interrupt it (the caller is raising one anyway)."""
+        import asyncio
+
+        from safepool import _aio
+
+        try:
+            await asyncio.shield(_aio.to_thread(self.terminate_workers))
+        except asyncio.CancelledError:
+            pass
 
     async def __aenter__(self) -> Executor:
         return self
@@ -547,9 +558,20 @@ class Executor(cf.Executor):
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> bool | None:
-        """Leave ``async with``: [`aclose()`][safepool.Executor.aclose] (Ctrl-C: stop quietly)."""
+        """Leave ``async with``: [`aclose()`][safepool.Executor.aclose].
+
+        If the block was left by a cancellation (``task.cancel()``, a timeout
+        around it, Ctrl-C under ``asyncio.run``, which cancels the main task)
+        nobody is left to wait for the results: the executor stops now, as by
+        [`terminate_workers()`][safepool.Executor.terminate_workers], quietly.
+        A ``KeyboardInterrupt`` stops it as with ``with``.
+        """
+        import asyncio
+
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             self._engine.interrupt()
+        elif exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+            await self._stop_now()
         else:
             await self.aclose()
         return None

@@ -76,6 +76,8 @@ class SafeFuture(Future[T]):
     #: Whether an exception nobody retrieves is logged (``Executor(log_unretrieved=)``).
     _report_unretrieved = False
     _retrieved = False
+    #: The pid of the worker it was sent to last (None until then): the trace span's.
+    _worker_pid: int | None = None
 
     def result(self, timeout: float | None = None) -> T:
         if self._state == FINISHED and self._exception is None:

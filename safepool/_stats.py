@@ -185,7 +185,8 @@ class Stats:
             could not be set up).
         timed_out: tasks stopped by their timeout.
         crashed: tasks whose worker died under them.
-        stopped: running tasks stopped by ``terminate_workers()``,
+        stopped: running tasks stopped by ``stop_task()`` (a cancelled
+            ``await pool.run()`` too), ``terminate_workers()``,
             ``kill_workers()`` or Ctrl-C.
         cancelled: tasks cancelled before they started.
         recycled: workers replaced, by reason: ``count``, ``memory``,

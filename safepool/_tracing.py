@@ -172,26 +172,32 @@ class TaskSpan:
         from concurrent.futures import Future  # not at the top: workers import this module
 
         exc = Future.exception(future, 0)
+        pid = getattr(future, "_worker_pid", None)  # the worker it was sent to
         if exc is None:
-            self.end("completed")
+            self.end("completed", pid=pid)
         else:
-            self.end(_outcome_of(exc), exc)
+            self.end(_outcome_of(exc), exc, pid=pid)
 
-    def end(self, outcome: str, exc: BaseException | None = None) -> None:
-        """End the span with ``outcome`` and, if given, the exception as its error."""
+    def end(self, outcome: str, exc: BaseException | None = None,
+            pid: int | None = None) -> None:
+        """End the span with ``outcome`` and, if given, the exception as its error and
+        the pid of the worker that ran it."""
         if self._ended:
             return
         self._ended = True
         span = self.span
         if span.is_recording():
+            if exc is not None:
+                named = getattr(exc, "pid", None)
+                if named is None:  # a task's own exception: the worker's traceback has it
+                    named = getattr(exc.__cause__, "pid", None)
+                if isinstance(named, int) and not isinstance(named, bool):
+                    pid = named
+            if pid is not None:
+                span.set_attribute(WORKER_PID, pid)
             if exc is None:
                 span.set_attribute(OUTCOME, outcome)
             else:
-                pid = getattr(exc, "pid", None)
-                if pid is None:  # a task's own exception: the worker's traceback has it
-                    pid = getattr(exc.__cause__, "pid", None)
-                if isinstance(pid, int) and not isinstance(pid, bool):
-                    span.set_attribute(WORKER_PID, pid)
                 _fail(span, exc, outcome)
         span.end()
 

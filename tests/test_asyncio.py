@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import contextlib
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -279,18 +280,77 @@ def test_breaking_out_of_map_async_stops_the_running_calls(arun, fifo, tmp_path)
     arun(main())
 
 
-def test_map_async_timeout_raises_and_stops_the_calls(arun, fifo, tmp_path):
+def test_map_async_timeout_raises_and_stops_the_calls(arun, fifo, tmp_path, caplog):
     marker = tmp_path / "marker"
 
     async def main():
         async with safepool.Executor(1) as pool:
             results = pool.map_async(aio_tasks.started_then_mark, [fifo.path],
-                                     [str(marker)], [3], timeout=0.5)
+                                     [str(marker)], [30], timeout=3)
+            pid = await started_pid(fifo)  # it runs; the deadline passes while it does
             with pytest.raises(cf.TimeoutError):
                 async for _ in results:
                     pass
-            pid = int((await asyncio.to_thread(fifo.line)).split()[1])
             assert_stopped(pid, marker)
+        gc.collect()  # a future nobody reads would log "exception was never retrieved" now
+
+    arun(main())
+    assert "never retrieved" not in caplog.text
+
+
+def test_closing_map_async_before_its_first_result_stops_the_calls(arun, fifo, tmp_path):
+    marker = tmp_path / "marker"
+
+    async def main():
+        async with safepool.Executor(1) as pool:
+            results = pool.map_async(aio_tasks.started_then_mark, [fifo.path], [str(marker)],
+                                     [30])
+            pid = await started_pid(fifo)
+            await results.aclose()
+            assert_stopped(pid, marker)
+
+    arun(main())
+
+
+def test_a_failing_stop_does_not_replace_the_cancellation(arun, fifo, tmp_path, caplog):
+    """On a cluster the stop is a network call: if it fails, the caller still sees its
+    cancellation (asyncio.timeout() needs it to raise TimeoutError), and the error is logged."""
+    marker = tmp_path / "marker"
+
+    async def main():
+        async with safepool.Executor(1) as pool:
+            def unreachable(future):
+                raise OSError("the cluster went away")
+
+            pool.stop_task = unreachable  # what run() calls to stop the call
+            call = asyncio.ensure_future(
+                pool.run(aio_tasks.started_then_mark, fifo.path, str(marker), 30))
+            await started_pid(fifo)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            pool.kill_workers()
+
+    arun(main())
+    assert "could not stop" in caplog.text and "the cluster went away" in caplog.text
+
+
+def test_cancelling_the_block_of_async_with_stops_its_calls(arun, fifo, tmp_path):
+    """Nobody is left to read the results: leaving the block by a cancellation does not wait."""
+    marker = tmp_path / "marker"
+
+    async def main():
+        async def block():
+            async with safepool.Executor(1) as pool:
+                pool.submit(aio_tasks.started_then_mark, fifo.path, str(marker), 30)
+                await asyncio.sleep(60)
+
+        task = asyncio.ensure_future(block())
+        pid = await started_pid(fifo)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 20)  # not the task's 30 s
+        assert_stopped(pid, marker)
 
     arun(main())
 

@@ -104,6 +104,7 @@ def test_submit_task_span_and_worker_spans_are_linked(make_pool, spans):
     assert task["attributes"] == {
         "code.function": "work",
         "code.namespace": "tests.tracing_tasks",
+        "safepool.worker.pid": pid,
         "safepool.task.outcome": "completed",
     }
     assert task["status"] == "UNSET"

@@ -323,6 +323,7 @@ class DaskEngine:
     def _settle(self, future: ClusterFuture, outcome: tuple[Any, ...]) -> None:
         if outcome[0] == "reply":
             _, kind, body, pid = outcome
+            future._worker_pid = pid
             if kind == _transport.OK:
                 try:
                     value = pickle.loads(body)

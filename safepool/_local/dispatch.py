@@ -152,6 +152,7 @@ class Dispatch(PoolState):
         """Queue ``item`` for ``worker`` (written by ``_dispatch``); it is RUNNING from now on."""
         worker.sent += 1
         item.no = worker.sent
+        item.future._worker_pid = worker.pid
         worker.inflight.append(item)
         frames = batches.setdefault(worker, [])
         frames.append(_transport.frame(item.payload))
