@@ -503,7 +503,9 @@ class Executor(cf.Executor):
         remaining results, so the calls not started are cancelled and the
         running ones stopped, as by [`stop_task()`][safepool.Executor.stop_task].
         A ``break`` takes effect when the iterator is closed: at once with
-        ``contextlib.aclosing()``, else when it is garbage-collected. For
+        ``contextlib.aclosing()`` (or ``await it.aclose()``, even before the
+        first result), else when it is garbage-collected (one dropped before
+        its first result only cancels the calls not started, as ``map``). For
         results as they complete, use
         [`as_completed_async()`][safepool.as_completed_async] over ``submit``'s futures.
 
