@@ -33,7 +33,7 @@ from safepool._map import (
 from safepool._progress import ProgressBar
 from safepool._resources import Resource, order_resources
 from safepool._stats import Stats
-from safepool._tracing import dumps_traced
+from safepool._tracing import TaskSpan, dumps_traced
 from safepool._transport import Payload, check_initargs, dumps_call
 from safepool._validate import check_callable, check_positive_int, check_timeout
 from safepool._worker import run_chunk, run_chunk_single
@@ -595,9 +595,10 @@ class Executor(cf.Executor):
         timeout: Any,
         payload: Payload | None = None,
         placement: Mapping[str, float] | None = None,
+        traced: TaskSpan | None = None,
     ) -> SafeFuture[T]:
-        """Queue a call (``payload``: the call, already pickled); a failed future if it
-        cannot be pickled.
+        """Queue a call (``payload``: the call, already pickled, and ``traced`` its task
+        span if it was pickled traced); a failed future if it cannot be pickled.
 
         With OpenTelemetry imported by the application and a span active, a call
         not yet pickled is traced: it runs in the worker under a "safepool.task"
@@ -613,7 +614,6 @@ class Executor(cf.Executor):
         if self._log_unretrieved:
             future._report_unretrieved = True
             future._fn = fn  # named in the report, if there is one
-        traced = None
         if payload is None:
             try:
                 if "opentelemetry.trace" in sys.modules:  # in use: trace the call (_tracing)
@@ -726,29 +726,21 @@ class Executor(cf.Executor):
             return self._counted(self._submit(fn, call, {}, timeout, None, placement), bar, 1)
         # A chunk of a map over one iterable holds the arguments, not 1-tuples.
         runner = partial(run_chunk_single if single else run_chunk, fn)
-        chunk = call
-        traced = None
+        traced: TaskSpan | None = None
         try:
             if "opentelemetry.trace" in sys.modules:  # in use: trace the chunk (_tracing)
                 payload, traced = dumps_traced(
-                    self._engine.dumps, runner, (chunk,), {},
+                    self._engine.dumps, runner, (call,), {},
                     self._timeout if timeout is _UNSET else timeout,
                     named=fn, chunk_size=len(call),
                 )
             else:
-                payload = self._engine.dumps(runner, (chunk,), {})
+                payload = self._engine.dumps(runner, (call,), {})
         except PicklingError:
             return [self._counted(self._submit(fn, (one,) if single else one, {}, timeout, None,
                                                placement), bar, 1)
                     for one in call]
-        try:
-            future = self._submit(runner, (chunk,), {}, timeout, payload, placement)
-        except BaseException as exc:
-            if traced is not None:
-                traced.end("rejected", exc)
-            raise
-        if traced is not None:
-            traced.follow(future)
+        future = self._submit(runner, (call,), {}, timeout, payload, placement, traced)
         return self._counted(future, bar, len(call))
 
     @staticmethod

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import select
 import signal
@@ -147,6 +149,22 @@ class Fifo:
     def close(self) -> None:
         os.close(self._r)
         os.close(self._keep)
+
+
+@contextlib.contextmanager
+def on_obs_logger(handler: logging.Handler):
+    """``handler`` on the parent's ``obs`` logger (INFO, not propagating to pytest's root)."""
+    logger = logging.getLogger("obs")
+    old = (logger.level, logger.propagate)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old[0])
+        logger.propagate = old[1]
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import pytest
 
 import safepool
 from tests import obs_tasks
+from tests.conftest import on_obs_logger
 
 
 class ListHandler(logging.Handler):
@@ -28,16 +29,8 @@ class ListHandler(logging.Handler):
 @pytest.fixture
 def captured():
     """A handler on the parent's ``obs`` logger (INFO, not propagating to pytest's root)."""
-    logger = logging.getLogger("obs")
-    handler = ListHandler()
-    old = (logger.level, logger.propagate)
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(old[0])
-    logger.propagate = old[1]
+    with on_obs_logger(ListHandler()) as handler:
+        yield handler
 
 
 def test_records_arrive_with_name_level_and_worker_identity(make_pool, captured):

@@ -33,7 +33,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E4
 import safepool  # noqa: E402
 from safepool import _tracing  # noqa: E402
 from tests import tracing_tasks  # noqa: E402
-from tests.conftest import ROOT  # noqa: E402
+from tests.conftest import ROOT, on_obs_logger  # noqa: E402
 from tests.tracing_tasks import span_info  # noqa: E402
 
 
@@ -371,16 +371,8 @@ class _Handler(logging.Handler):
 
 @pytest.fixture
 def traced_records():
-    logger = logging.getLogger("obs")
-    handler = _Handler()
-    old = (logger.level, logger.propagate)
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(old[0])
-    logger.propagate = old[1]
+    with on_obs_logger(_Handler()) as handler:
+        yield handler
 
 
 def test_bridged_records_carry_the_trace_and_span_ids(make_pool, spans, traced_records):
