@@ -45,7 +45,8 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from safepool._map import Submitted
+from safepool._map import Submitted, Submitter
+from safepool._transport import UnpicklableChunk
 
 if TYPE_CHECKING:
     from safepool._progress import ProgressBar
@@ -144,7 +145,7 @@ async def _outcome(future: cf.Future[Any], deadline: float | None) -> Any:
 
 def map_results_async(
     stop_task: Callable[[cf.Future[Any]], bool],
-    submit: Callable[[Any], Submitted],
+    submit: Submitter,
     pending: deque[Submitted],
     more: Iterable[Any] | None,
     *,
@@ -157,7 +158,8 @@ def map_results_async(
     ``more``: calls left to submit, one each time a result is taken (a map's
     ``buffersize``). When the iteration ends early, by a ``break``, an
     exception, a cancellation or its ``timeout``, the calls not started are
-    cancelled and the running ones stopped.
+    cancelled and the running ones stopped. A chunk that could not be pickled as
+    a whole is sent again call by call (``submit.split``).
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     rest = None if more is None else iter(more)
@@ -173,12 +175,16 @@ def map_results_async(
                     if call is _END:
                         rest = None
                     else:
-                        pending.append(submit(call))
+                        pending.append(submit.one(call))
                 head = pending.popleft()
                 split = isinstance(head, list)  # a chunk sent call by call
                 current = list(head) if isinstance(head, list) else [head]
                 while current:
-                    value = await _outcome(current[0], deadline)
+                    try:
+                        value = await _outcome(current[0], deadline)
+                    except UnpicklableChunk as exc:  # sent call by call instead
+                        current, split = submit.split(exc.calls), True
+                        continue
                     current.pop(0)
                     if chunked and not split:
                         for item in value:

@@ -23,20 +23,19 @@ from safepool._forkguard import warn_if_fork_unsafe
 from safepool._future import SafeFuture
 from safepool._local import Pool
 from safepool._map import (
-    Submitted,
     check_buffersize,
     chunked,
     known_length,
     map_results,
     submit_first,
 )
+from safepool._mapcalls import MapCalls
 from safepool._progress import ProgressBar
 from safepool._resources import Resource, order_resources
 from safepool._stats import Stats
 from safepool._tracing import TaskSpan, dumps_traced
 from safepool._transport import Payload, check_initargs, dumps_call
 from safepool._validate import check_callable, check_positive_int, check_timeout
-from safepool._worker import run_chunk, run_chunk_single
 
 __all__ = ["Executor", "ExecutorView"]
 
@@ -258,6 +257,9 @@ class Executor(cf.Executor):
                 context=context, max_workers=workers or _default_max_workers(), **settings
             )
         self._future_class = self._engine.future_class
+        # The local engine pickles map's calls in its manager thread (safepool._mapcalls).
+        self._submit_unpickled = (self._engine.submit_unpickled
+                                  if isinstance(self._engine, Pool) else None)
         self._log_unretrieved = bool(log_unretrieved)
         # An executor dropped without shutdown() still releases its workers.
         weakref.finalize(self, self._engine.shutdown, False, False)
@@ -647,9 +649,9 @@ class Executor(cf.Executor):
         progress: bool | str = False,
         placement: Mapping[str, float] | None = None,
     ) -> Iterator[T]:
-        submit, calls, bar = self._map_calls(fn, iterables, timeout, chunksize, buffersize,
-                                             task_timeout, progress, placement)
-        return map_results(submit, calls, timeout=timeout, buffersize=buffersize,
+        submitter, calls, bar = self._map_calls(
+            fn, iterables, timeout, chunksize, buffersize, task_timeout, progress, placement)
+        return map_results(submitter, calls, timeout=timeout, buffersize=buffersize,
                            chunked=chunksize > 1, bar=bar)
 
     def _map_async(
@@ -665,11 +667,11 @@ class Executor(cf.Executor):
     ) -> AsyncIterator[T]:
         from safepool import _aio
 
-        submit, calls, bar = self._map_calls(fn, iterables, timeout, chunksize, buffersize,
-                                             task_timeout, progress, placement)
-        pending, more = submit_first(submit, calls, buffersize, bar)
-        return _aio.map_results_async(self.stop_task, submit, pending, more, timeout=timeout,
-                                      chunked=chunksize > 1, bar=bar)
+        submitter, calls, bar = self._map_calls(
+            fn, iterables, timeout, chunksize, buffersize, task_timeout, progress, placement)
+        pending, more = submit_first(submitter, calls, buffersize, bar)
+        return _aio.map_results_async(self.stop_task, submitter, pending, more,
+                                      timeout=timeout, chunked=chunksize > 1, bar=bar)
 
     def _map_calls(
         self,
@@ -681,8 +683,8 @@ class Executor(cf.Executor):
         task_timeout: Any,
         progress: bool | str,
         placement: Mapping[str, float] | None,
-    ) -> tuple[Callable[[Any], Submitted], Iterator[Any], ProgressBar | None]:
-        """Check a map's arguments; how to submit one call (or chunk), the calls, the bar."""
+    ) -> tuple[MapCalls, Iterator[Any], ProgressBar | None]:
+        """Check a map's arguments; what submits its calls, the calls, the progress bar."""
         check_callable(fn)
         check_positive_int(chunksize, "chunksize", allow_none=False)
         check_buffersize(buffersize)
@@ -707,47 +709,10 @@ class Executor(cf.Executor):
             bar = ProgressBar(total, label)
         if chunksize > 1:
             calls = chunked(calls, chunksize)
-        # A bound method: the iterator keeps this executor alive (see safepool._map).
-        submit = partial(self._submit_map_call, fn, chunksize > 1, task_timeout, bar, placement,
-                         single)
-        return submit, calls, bar
-
-    def _submit_map_call(
-        self, fn: Callable[..., Any], chunked: bool, timeout: Any, bar: ProgressBar | None,
-        placement: Mapping[str, float] | None, single: bool, call: tuple[Any, ...],
-    ) -> cf.Future[Any] | list[cf.Future[Any]]:
-        """Submit one call of ``map``, or one chunk of calls.
-
-        A chunk that cannot be pickled as a whole is sent call by call instead (a
-        list of futures), so only the call that cannot be pickled fails, and the
-        calls before it in the chunk still deliver their results.
-        """
-        if not chunked:
-            return self._counted(self._submit(fn, call, {}, timeout, None, placement), bar, 1)
-        # A chunk of a map over one iterable holds the arguments, not 1-tuples.
-        runner = partial(run_chunk_single if single else run_chunk, fn)
-        traced: TaskSpan | None = None
-        try:
-            if "opentelemetry.trace" in sys.modules:  # in use: trace the chunk (_tracing)
-                payload, traced = dumps_traced(
-                    self._engine.dumps, runner, (call,), {},
-                    self._timeout if timeout is _UNSET else timeout,
-                    named=fn, chunk_size=len(call),
-                )
-            else:
-                payload = self._engine.dumps(runner, (call,), {})
-        except PicklingError:
-            return [self._counted(self._submit(fn, (one,) if single else one, {}, timeout, None,
-                                               placement), bar, 1)
-                    for one in call]
-        future = self._submit(runner, (call,), {}, timeout, payload, placement, traced)
-        return self._counted(future, bar, len(call))
-
-    @staticmethod
-    def _counted(future: SafeFuture[Any], bar: ProgressBar | None, n: int) -> cf.Future[Any]:
-        if bar is not None:
-            future.add_done_callback(partial(bar.on_done, n=n))
-        return future
+        # It holds this executor: the results' iterator keeps it alive (see safepool._map).
+        submitter = MapCalls(self, fn, chunked=chunksize > 1, single=single,
+                             timeout=task_timeout, unset=_UNSET, bar=bar, placement=placement)
+        return submitter, calls, bar
 
 
 class ExecutorView(cf.Executor):

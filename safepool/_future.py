@@ -13,6 +13,13 @@
 * A done-callback that raises anything, even ``SystemExit``, is logged and the
   other callbacks still run: callbacks run on safepool's manager thread, which
   must never die of one.
+
+It is also lighter: its ``threading.Condition`` (7 of the 11 objects a stdlib
+future is made of, each one tracked by the garbage collector) is made only
+when something needs it, a thread waiting for the result, ``wait``,
+``as_completed`` or a done-callback. Until then the state changes it goes
+through (started, then resolved, by the manager thread) are made under one
+lock shared by all such futures, held for a few attribute writes.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from functools import partial
@@ -39,6 +47,8 @@ _callback_log = logging.getLogger("concurrent.futures")
 _unretrieved: weakref.WeakSet[SafeFuture[Any]] = weakref.WeakSet()
 _unretrieved_lock = threading.Lock()
 _DONE = frozenset({CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED})
+#: Guards the state of every future that has no Condition yet, and the making of one.
+_shared_lock = threading.Lock()
 
 
 def label_of(fn: Any) -> str:
@@ -79,13 +89,53 @@ class SafeFuture(Future[T]):
     #: The pid of the worker it was sent to last (None until then): the trace span's.
     _worker_pid: int | None = None
 
+    def __init__(self) -> None:
+        # Future.__init__ (the same on 3.10 to 3.15), but for the Condition: see _condition.
+        self._cond: threading.Condition | None = None
+        self._state = PENDING
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Callable[[Future[T]], object]] = []
+
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        """The stdlib's ``Future._condition``, made on first use (by ``wait``, a waiting
+        ``result()``, a callback): from then on it guards this future's state."""
+        cond = self._cond
+        if cond is None:
+            with _shared_lock:  # so that no state change is under way meanwhile
+                cond = self._cond
+                if cond is None:
+                    cond = self._cond = threading.Condition()
+        return cond
+
+    def _locked(self) -> Any:
+        """Acquire and return the lock that guards this future's state now: its
+        Condition's, or the shared lock while it has none (a Condition, once made,
+        stays). Release it before calling anything that takes ``_condition``."""
+        while True:
+            cond = self._cond
+            if cond is not None:
+                lock = cond._lock  # type: ignore[attr-defined]
+                lock.acquire()
+                return lock
+            _shared_lock.acquire()
+            if self._cond is None:
+                return _shared_lock
+            _shared_lock.release()  # made meanwhile: take its own lock instead
+
+    def done(self) -> bool:
+        # One attribute read, as the stdlib's under the lock: no Condition made to poll.
+        return self._state in _DONE
+
     def result(self, timeout: float | None = None) -> T:
         if self._state == FINISHED and self._exception is None:
             # Final once set, so read without the lock, as CPython's own
             # Future._get_snapshot (3.15) does: most results are taken after
             # the task is done, and this is two lock operations fewer each.
             self._retrieved = True
-            return self._result  # type: ignore[return-value]
+            return self._result  # type: ignore[no-any-return]
         try:
             return super().result(timeout)
         except KeyboardInterrupt as exc:
@@ -106,18 +156,23 @@ class SafeFuture(Future[T]):
     def set_result(self, result: T) -> None:
         # The stdlib's, minus the work that has no one to serve: most futures
         # have no thread waiting on them and no callback when their result
-        # arrives (they are read after), and this runs for every task. (The
-        # condition's own lock, as in start().)
-        with self._condition._lock:  # type: ignore[attr-defined]
-            if self._state in _DONE:
-                raise InvalidStateError(f"{self._state}: {self!r}")
-            self._result = result
-            self._state = FINISHED
-            for waiter in self._waiters:
-                waiter.add_result(self)
-            if self._condition._waiters:  # type: ignore[attr-defined]
-                self._condition.notify_all()
-        if self._done_callbacks:  # type: ignore[attr-defined]
+        # arrives (they are read after), and this runs for every task.
+        lock = self._locked()
+        try:
+            refused = self._state in _DONE
+            if not refused:
+                self._result = result
+                self._state = FINISHED
+                for waiter in self._waiters:
+                    waiter.add_result(self)
+                cond = self._cond  # (None under the shared lock: nobody waits)
+                if cond is not None and cond._waiters:  # type: ignore[attr-defined]
+                    cond.notify_all()
+        finally:
+            lock.release()
+        if refused:  # raised once the lock is released: repr takes the future's lock
+            raise InvalidStateError(f"{self._state}: {self!r}")
+        if self._done_callbacks:
             self._invoke_callbacks()
 
     def set_exception(self, exception: BaseException | None) -> None:
@@ -138,7 +193,7 @@ class SafeFuture(Future[T]):
     def _invoke_callbacks(self) -> None:
         # The stdlib catches only Exception: a callback raising SystemExit would
         # skip the other callbacks and end the manager thread that ran it.
-        for callback in self._done_callbacks:  # type: ignore[attr-defined]
+        for callback in self._done_callbacks:
             try:
                 callback(self)
             except KeyboardInterrupt:
@@ -199,13 +254,14 @@ class SafeFuture(Future[T]):
 
     def start(self) -> bool:
         """Mark the future running; False if it was cancelled (it must then not run)."""
-        # The condition's own lock: the same mutual exclusion, without the
-        # condition's Python-level __enter__/__exit__ (this runs for every task).
-        with self._condition._lock:  # type: ignore[attr-defined]
+        lock = self._locked()
+        try:
             if self._state == PENDING:  # the common case, under one acquisition of the lock
                 self._state = RUNNING
                 return True
             if self._state == CANCELLED_AND_NOTIFIED:
                 return False
-            return self.set_running_or_notify_cancel()
+        finally:
+            lock.release()
+        return self.set_running_or_notify_cancel()  # cancelled: notify; else it raises
 

@@ -22,11 +22,13 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures._base import FINISHED
 from itertools import islice
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from safepool._transport import UnpicklableChunk
 
 if TYPE_CHECKING:
     from safepool._progress import ProgressBar
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FlatMapIterator",
     "MapIterator",
+    "Submitter",
     "check_buffersize",
     "chunked",
     "known_length",
@@ -70,8 +73,21 @@ def known_length(iterables: tuple[Iterable[Any], ...]) -> int | None:
 Submitted = Future[Any] | list[Future[Any]]
 
 
+class Submitter(Protocol):
+    """What submits a map's calls (``safepool._mapcalls.MapCalls``)."""
+
+    def many(self, calls: Iterator[Any]) -> list[Submitted]:
+        """Submit every call in ``calls``, in order (in batches)."""
+
+    def one(self, call: Any) -> Submitted:
+        """Submit one call (or chunk)."""
+
+    def split(self, calls: tuple[Any, ...]) -> list[Future[Any]]:
+        """Send the calls of a chunk that could not be pickled as a whole one by one."""
+
+
 def map_results(
-    submit: Callable[[Any], Submitted],
+    submit: Submitter,
     calls: Iterator[Any],
     *,
     timeout: float | None,
@@ -82,7 +98,9 @@ def map_results(
     """Submit ``calls`` with ``submit`` as ``buffersize`` allows, now; the results, lazily.
 
     ``chunked``: each call is a chunk whose result is a list, handed out item by
-    item. ``bar`` is closed when the iteration ends. Exceptions from ``submit``
+    item. A chunk whose future fails with ``UnpicklableChunk`` (it could not be
+    pickled as a whole) is sent again call by call (``submit.split``).
+    ``bar`` is closed when the iteration ends. Exceptions from ``submit``
     (the executor was shut down, say) propagate from this call for the first
     calls, and from ``next()`` for later ones.
     """
@@ -97,7 +115,7 @@ def map_results(
 
 
 def submit_first(
-    submit: Callable[[Any], Submitted],
+    submit: Submitter,
     calls: Iterator[Any],
     buffersize: int | None,
     bar: ProgressBar | None,
@@ -110,8 +128,8 @@ def submit_first(
     """
     try:
         if buffersize is None:
-            return deque(submit(call) for call in calls), None
-        return deque(submit(call) for call in islice(calls, buffersize)), calls
+            return deque(submit.many(calls)), None
+        return deque(submit.many(islice(calls, buffersize))), calls
     except BaseException:
         if bar is not None:
             bar.close()
@@ -130,7 +148,7 @@ class MapIterator(Iterator[Any]):
     def __init__(
         self,
         pending: deque[Submitted],
-        submit: Callable[[Any], Submitted],
+        submit: Submitter,
         more: Iterator[Any] | None,
         deadline: float | None,
         chunked: bool,
@@ -157,12 +175,17 @@ class MapIterator(Iterator[Any]):
                     if call is _END:
                         self._more = None
                     else:
-                        self._pending.append(self._submit(call))
+                        self._pending.append(self._submit.one(call))
                 head = self._pending.popleft()
                 if isinstance(head, list):  # a chunk that could not be pickled as a whole
                     self._split.extend(head)
                     return self._one_of_split()
-                return _result_or_cancel(head, self._deadline)
+                try:
+                    return _result_or_cancel(head, self._deadline)
+                except UnpicklableChunk as exc:  # found out in the manager thread
+                    calls = exc.calls
+                self._split.extend(self._submit.split(calls))
+                return self._one_of_split()
         except BaseException:
             self.close()
             raise

@@ -290,9 +290,9 @@ class _Search:
         self.left -= 1
         try:
             self._dumps(obj)
-        except KeyboardInterrupt:
-            raise  # in the caller's thread it may be a real Ctrl-C: never swallowed
         except BaseException as exc:  # SystemExit from a __reduce__ is a failure to pickle too
+            if may_be_ctrl_c(exc):
+                raise  # never swallowed
             return _detached(exc)
         return None
 
@@ -310,9 +310,9 @@ class _Search:
                 return self.culprit(obj, path, error)
             try:
                 kids = _children(obj)
-            except KeyboardInterrupt:
-                raise
-            except BaseException:  # its own __reduce_ex__ refuses: this is it
+            except BaseException as exc:  # its own __reduce_ex__ refuses: this is it
+                if may_be_ctrl_c(exc):
+                    raise
                 return self.culprit(obj, path, error)
             avoid = self._on_chain | self._dead
             blocked = avoid.intersection(map(id, kids.objs))
@@ -390,11 +390,21 @@ def find_unpicklable(
         return None
     try:
         found = search.descend(obj, root, error, 0)
-    except KeyboardInterrupt:
-        raise
-    except BaseException:
+    except BaseException as exc:
+        if may_be_ctrl_c(exc):
+            raise
         found = None
     return found or Culprit(root, obj, type_name(obj), reason_of(error), error, ((root, obj),))
+
+
+def may_be_ctrl_c(exc: BaseException) -> bool:
+    """Whether ``exc`` may be a real Ctrl-C, which pickling must let through, not turn
+    into a pickling error: a ``KeyboardInterrupt`` in the main thread, the only one
+    Python delivers signals to. Elsewhere (the manager thread pickling ``map``'s
+    calls) it can only come from user code, and is a failure to pickle like any other.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    return main and isinstance(exc, KeyboardInterrupt)
 
 
 def reason_of(error: BaseException) -> str:

@@ -69,10 +69,12 @@ __all__ = [
     "READY",
     "SETUP_ERR",
     "SKIPPED",
+    "DeferredCall",
     "FrameReader",
     "Message",
     "OutOfBandCall",
     "Payload",
+    "UnpicklableChunk",
     "check_initargs",
     "decode_error",
     "describe_error",
@@ -350,7 +352,8 @@ def dumps_call(
     innermost object that cannot be pickled (``args[0].engine.pool._lock``),
     its type, and what to do about it, whatever pickling raised (even a
     ``SystemExit`` from a ``__reduce__``) but ``KeyboardInterrupt``, which is
-    let through: in the caller's thread it may be a real Ctrl-C.
+    let through in the main thread, where it may be a real Ctrl-C (elsewhere
+    it is a failure to pickle like any other: ``_pickling.may_be_ctrl_c``).
     """
     try:
         for value in args:
@@ -360,10 +363,11 @@ def dumps_call(
             if type(value) is bytes and len(value) >= OOB_MIN:
                 return _dumps_out_of_band(fn, args, kwargs)
         return _dumps((fn, args, kwargs))
-    except KeyboardInterrupt:
-        raise  # in the caller's thread, possibly a real Ctrl-C: never turned into an error
     except BaseException as exc:  # even SystemExit, from an argument's __reduce__
         from safepool import _pickling
+
+        if _pickling.may_be_ctrl_c(exc):
+            raise  # never turned into an error
         from safepool._errors import PicklingError
 
         parts: list[tuple[str, Any]] = [(fn_name, fn)]
@@ -373,6 +377,37 @@ def dumps_call(
             "the call", _pickling.type_name(fn), _pickling.reason_of(exc)
         )
         raise error from exc
+
+
+class DeferredCall:
+    """A call to pickle in the manager thread, as the stdlib's feeder thread does.
+
+    ``chunk``: it is a whole ``map`` chunk, which if it cannot be pickled fails
+    with ``UnpicklableChunk``, so that
+    the map sends its calls one by one instead and only the bad one fails.
+    """
+
+    __slots__ = ("args", "chunk", "fn", "kwargs")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                 chunk: bool) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.chunk = chunk
+
+
+class UnpicklableChunk(Exception):
+    """A ``map`` chunk that could not be pickled as a whole (internal, never seen by users).
+
+    The map that gets it sends the chunk's ``calls`` one by one instead, so that
+    only the call that cannot be pickled fails; ``error`` is the chunk's own error.
+    """
+
+    def __init__(self, calls: tuple[Any, ...], error: BaseException) -> None:
+        super().__init__(calls, error)
+        self.calls = calls
+        self.error = error
 
 
 def check_initargs(initargs: tuple[Any, ...]) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from safepool import _transport
+from safepool._errors import PicklingError
 from safepool._future import SafeFuture
 from safepool._local.deadlines import _TIMEOUT
 from safepool._local.state import (
@@ -69,9 +70,10 @@ class Dispatch(PoolState):
                 if not self._pending:
                     return None
                 item = self._pending.popleft()
-            if item.future.start():  # a cancelled pending task never starts
+            if not item.future.start():  # a cancelled pending task never starts
+                self.counters.cancelled += 1
+            elif item.call is None or self._pickled(item):
                 return item
-            self.counters.cancelled += 1
 
     def _next_prefetchable(self) -> WorkItem | None:
         """The next task, if it may wait in a busy worker's pipe: no timeout, a small
@@ -86,12 +88,44 @@ class Dispatch(PoolState):
                 if not self._pending:
                     return None
                 head = self._pending[0]
-                if head.timeout is not None or len(head.payload) > _PREFETCH_PAYLOAD:
+                if head.timeout is not None or (head.call is None
+                                                and len(head.payload) > _PREFETCH_PAYLOAD):
                     return None
                 self._pending.popleft()
-            if head.future.start():  # a cancelled pending task never starts
+            if not head.future.start():  # a cancelled pending task never starts
+                self.counters.cancelled += 1
+            elif head.call is None:
                 return head
-            self.counters.cancelled += 1
+            elif self._pickled(head):
+                if len(head.payload) <= _PREFETCH_PAYLOAD:
+                    return head
+                # Too big to wait in a pipe: first in line for an idle worker, as a
+                # started task whose send failed waits (the queue's head was this one).
+                self._retry.appendleft(head)
+                return None
+
+    def _pickled(self, item: WorkItem) -> bool:
+        """Pickle a started ``map`` call (``item.call``); False, with its future failed,
+        if it cannot be pickled. Runs outside ``_lock``: pickling runs user code, which
+        may submit."""
+        call = item.call
+        assert call is not None
+        item.call = None
+        try:
+            item.payload = _transport.dumps_call(call.fn, call.args, call.kwargs)
+            return True
+        except BaseException as exc:  # a PicklingError naming the culprit; anything else too
+            error = exc if isinstance(exc, PicklingError) else PicklingError(
+                "the call", type(call.fn).__qualname__, repr(exc))
+        if call.chunk:  # the map sends its calls one by one, and counts each
+            with self._lock:
+                self.counters.submitted -= 1
+            chunk = call.args[1]  # the call is runner(fn, chunk)
+            _set_exception(item.future, _transport.UnpicklableChunk(chunk, error))
+        else:
+            self.counters.failed += 1
+            _set_exception(item.future, error)
+        return False
 
     def _dispatch(self) -> None:
         """Send waiting tasks: one to each idle worker, then prefetch short ones.
@@ -119,17 +153,24 @@ class Dispatch(PoolState):
             item = self._next_item()
             if item is None:
                 break
-            self._assign(self._idle.pop(), item, batches)
+            worker = self._idle.pop()
+            self._assign(worker, item, batches)
+            # Sent now, not with the prefetched tasks: the worker starts while the
+            # others are given theirs (and map's calls are pickled).
+            self._send(worker, batches.pop(worker))
             room -= 1
         if self._avg_seconds < _PREFETCH_BELOW and (self._pending or self._retry):
             self._prefetch(batches)
         for worker, frames in batches.items():
-            try:
-                _transport.write_all(worker.conn.fileno(), b"".join(frames))
-            except OSError:
-                # It died; its pidfd will say so, and the counter it shares says
-                # which of these tasks (if any) it started: the rest are re-sent.
-                self._conn_lost(worker)
+            self._send(worker, frames)
+
+    def _send(self, worker: _Worker, frames: list[bytes]) -> None:
+        try:
+            _transport.write_all(worker.conn.fileno(), b"".join(frames))
+        except OSError:
+            # It died; its pidfd will say so, and the counter it shares says
+            # which of these tasks (if any) it started: the rest are re-sent.
+            self._conn_lost(worker)
 
     def _prefetch(self, batches: dict[_Worker, list[bytes]]) -> None:
         depth = min(_PREFETCH_MAX, max(2, int(_PREFETCH_WORTH / max(self._avg_seconds, 1e-6))))

@@ -212,23 +212,43 @@ class Pool(Dispatch, Lifecycle, Deadlines, Stopping, Failures):
         caller that passes it on unread (see ``safepool._dask``). Failures the
         parent itself decides (a timeout, a crash, a stop) are still exceptions.
         """
-        item = WorkItem(future, payload, timeout, raw)
+        self._queue([WorkItem(future, payload, timeout, raw)])
+
+    def submit_unpickled(self, calls: list[tuple[SafeFuture[Any], _transport.DeferredCall]],
+                         timeout: float | None) -> None:
+        """Queue ``calls`` (each a future and its call), to be pickled by the manager
+        thread when it sends them; one lock and one wake-up for them all.
+
+        For ``map``: the caller's thread only queues the calls, and the first one
+        starts while the rest are still being queued. A call that cannot be
+        pickled fails its future with the [`PicklingError`][safepool.PicklingError]
+        (a chunk with ``UnpicklableChunk``); raises as ``submit`` does if the pool
+        accepts no work.
+        """
+        self._queue([WorkItem(future, b"", timeout, call=call) for future, call in calls])
+
+    def _queue(self, items: list[WorkItem]) -> None:
+        failing: Callable[[], BaseException] | None = None
         with self._lock:
             if self._broken is not None or self._shutdown or _interpreter_exiting:
                 self._check_accepting()  # raises, saying why
-            item.future._safepool = self
-            self.counters.submitted += 1
+            for item in items:
+                item.future._safepool = self
+            self.counters.submitted += len(items)
             if self._setup_error is not None and self._failing_fast():
-                assert self._setup_error is not None
-                self.counters.failed += 1
-                item.future.set_exception(self._setup_error())
-                return
-            self._pending.append(item)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name=f"{THREAD_PREFIX}manager", daemon=True
-                )
-                self._thread.start()
+                self.counters.failed += len(items)
+                failing = self._setup_error
+            else:
+                self._pending.extend(items)
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name=f"{THREAD_PREFIX}manager", daemon=True
+                    )
+                    self._thread.start()
+        if failing is not None:  # outside the lock: done-callbacks may submit
+            for item in items:
+                item.future.set_exception(failing())
+            return
         self._wake()
 
     def reject(self, future: SafeFuture[Any], error: BaseException) -> None:

@@ -38,16 +38,22 @@ STARTING, IDLE, BUSY, RETIRING, KILLING = "starting", "idle", "busy", "retiring"
 
 
 class WorkItem:
-    """One submitted call: its future, its pickled payload and its timeout."""
+    """One submitted call: its future, its pickled payload and its timeout.
 
-    __slots__ = ("future", "no", "payload", "raw", "settled", "timeout")
+    A call from ``map`` comes unpickled (``call``): the manager pickles it when
+    it takes it from the queue (``Dispatch._pickled``), so the caller's thread
+    does not pickle the whole input before the first call can start.
+    """
+
+    __slots__ = ("call", "future", "no", "payload", "raw", "settled", "timeout")
 
     def __init__(
         self, future: SafeFuture[Any], payload: _transport.Payload, timeout: float | None,
-        raw: bool = False,
+        raw: bool = False, call: _transport.DeferredCall | None = None,
     ) -> None:
         self.future = future
         self.payload = payload
+        self.call = call  # the call still to pickle, if payload is not made yet
         self.timeout = timeout
         # Resolve the future with the worker's reply as it came, (kind, body, pid),
         # not unpickled: a node pool on a cluster passes it on to the client as is.

@@ -1,0 +1,127 @@
+"""``map`` on the local engine: its calls are queued unpickled, in batches, and the
+manager thread pickles each as it sends it (``safepool._mapcalls``).
+
+What must hold, whatever thread pickles: results in order, a call that cannot be
+pickled failing only its own future (a chunk being split call by call, in ``map``
+and ``map_async`` alike), a pool that survives any exception pickling raises, and
+user code run by pickling free to submit to the same pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+import threading
+
+import pytest
+
+import safepool
+from safepool import _progress
+from safepool._context import THREAD_PREFIX
+from tests import hostile_pickles as hp
+from tests import map_feed_tasks as mt
+
+
+@pytest.fixture(autouse=True)
+def _fresh_records(monkeypatch):
+    # As in an application without OpenTelemetry: with it in use, each call is pickled
+    # (and traced) in the caller's thread, and earlier tests in this process import it.
+    monkeypatch.delitem(sys.modules, "opentelemetry.trace", raising=False)
+    mt.PICKLED_IN.clear()
+    mt.SubmitsWhenPickled.submitted = []
+    yield
+    mt.SubmitsWhenPickled.pool = None
+
+
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_map_calls_are_pickled_by_the_manager_thread_and_submit_calls_by_the_caller(
+    make_pool, chunksize
+):
+    pool = make_pool(2)
+    items = [mt.PickledWhere(i) for i in range(40)]
+    assert list(pool.map(mt.double, items, chunksize=chunksize)) == [2 * i for i in range(40)]
+    pickled_in = list(mt.PICKLED_IN)
+    assert pickled_in == [f"{THREAD_PREFIX}manager"] * 40
+    mt.PICKLED_IN.clear()
+    assert pool.submit(mt.double, mt.PickledWhere(5)).result(timeout=30) == 10
+    pickled_in = list(mt.PICKLED_IN)
+    assert pickled_in == [threading.current_thread().name]
+
+
+def test_a_map_over_many_calls_keeps_their_order_and_counts_each(make_pool):
+    pool = make_pool(2)
+    n = 3000  # many batches of up to 64 calls
+    assert list(pool.map(mt.double, range(n))) == [2 * i for i in range(n)]
+    stats = pool.stats()
+    assert (stats.submitted, stats.completed) == (n, n)
+
+
+def test_big_arguments_among_small_ones_while_tasks_are_prefetched(make_pool):
+    """A call found to be too big to wait in a busy worker's pipe only once pickled
+    (in the manager) waits for an idle worker, first in line: nothing is lost or
+    reordered."""
+    pool = make_pool(2)
+    list(pool.map(mt.double, range(500)))  # short tasks: prefetch is on
+    items: list[bytes | int] = [b"x" * (40_000 + i) if i % 5 == 0 else i for i in range(200)]
+    expected = [mt.size(item) for item in items]
+    assert list(pool.map(mt.size, items)) == expected
+    assert list(pool.map(mt.size, items, chunksize=7)) == expected
+
+
+def test_every_exception_pickling_raises_in_the_manager_fails_only_that_call(make_pool):
+    """Even KeyboardInterrupt and SystemExit, raised by an argument's ``__reduce__`` in
+    the manager thread, become a PicklingError on that call's future; the pool goes on."""
+    pool = make_pool(1)
+    for error in hp.BASE_EXCEPTIONS.values():
+        results = pool.map(hp.identity, [1, hp.RaisesOnPickle(error), 3])
+        assert next(results) == 1
+        with pytest.raises(safepool.PicklingError) as info:
+            next(results)
+        assert info.value.what == "args[0]", (error, info.value)
+        assert error.__name__ in str(info.value)
+        results.close()
+    assert list(pool.map(hp.identity, [7, 8])) == [7, 8]
+
+
+def test_pickling_may_submit_to_the_same_pool(make_pool):
+    """The manager pickles outside its lock, so an argument whose pickling submits to the
+    pool (user code runs while pickling) neither deadlocks nor loses the task."""
+    pool = make_pool(2)
+    mt.SubmitsWhenPickled.pool = pool
+    items = [mt.SubmitsWhenPickled(i) for i in range(5)]
+    assert list(pool.map(mt.double, items, timeout=30)) == [0, 2, 4, 6, 8]
+    assert [f.result(timeout=30) for f in mt.SubmitsWhenPickled.submitted] == [0, 2, 4, 6, 8]
+
+
+def test_map_async_sends_a_chunk_that_cannot_be_pickled_call_by_call(make_pool):
+    pool = make_pool(1)
+    items = [0, 1, 2, threading.Lock(), 4, 5]
+
+    async def collect() -> tuple[list[int], BaseException | None]:
+        got: list[int] = []
+        try:
+            async for value in pool.map_async(hp.identity, items, chunksize=4):
+                got.append(value)
+        except safepool.PicklingError as error:
+            return got, error
+        return got, None
+
+    got, error = asyncio.run(collect())
+    assert got == [0, 1, 2]
+    assert isinstance(error, safepool.PicklingError)
+    assert error.what == "args[0]"  # the call's own path, not the chunk's
+
+
+def test_progress_counts_a_split_chunk_once_per_call(make_pool, capsys, monkeypatch):
+    """The chunk that failed to pickle as a whole is not counted: its calls are, each
+    once, when they end (the one that cannot be pickled as the one failure)."""
+    monkeypatch.setattr(_progress, "_tqdm_module", None)  # the plain stderr line
+    pool = make_pool(1)
+    items = [0, 1, 2, 3, 4, threading.Lock(), 6, 7]
+    results = pool.map(hp.identity, items, chunksize=4, progress="split")
+    assert [next(results) for _ in range(5)] == [0, 1, 2, 3, 4]
+    with pytest.raises(safepool.PicklingError):
+        next(results)
+    final = capsys.readouterr().err.splitlines()[-1]
+    assert re.match(r"split: [5-8]/8 tasks \(1 failed\)", final), final
