@@ -339,7 +339,9 @@ class Executor(cf.Executor):
         ``timeout`` is an overall deadline for the iteration, counted from this
         call (``TimeoutError`` when it passes), not a per-task limit. A task's
         exception, or the [`PicklingError`][safepool.PicklingError] of a call
-        that could not be sent, is raised when its result is reached.
+        that could not be sent, is raised when its result is reached. As with
+        the stdlib, calls are pickled when they are sent (by the pool's manager
+        thread), not here: don't change an argument after passing it.
         ``chunksize`` sends that many calls to a worker in one go; a per-task
         timeout then applies to each chunk.
 

@@ -46,6 +46,7 @@ import io
 import os
 import pickle
 import struct
+import threading
 import traceback
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ERR",
     "EXIT",
+    "FRAME_LENGTH",
     "INIT_ERR",
     "LOG",
     "MARK_SLOTS",
@@ -69,6 +71,7 @@ __all__ = [
     "READY",
     "SETUP_ERR",
     "SKIPPED",
+    "CallPickler",
     "DeferredCall",
     "FrameReader",
     "Message",
@@ -85,6 +88,7 @@ __all__ = [
     "load_call",
     "message",
     "parse",
+    "pickle_call",
     "unloadable_result",
     "write_all",
 ]
@@ -106,6 +110,8 @@ _HEADER = struct.Struct("!BQdH")
 _NOTE_MAX = 0xFFFF
 
 _LENGTH = struct.Struct("!i")
+#: The length prefix of a frame (a payload of at most 2 GiB - 1).
+FRAME_LENGTH = _LENGTH
 _LONG_LENGTH = struct.Struct("!Q")
 #: Bytes asked of the OS per read; a longer message is read in one go once its length is known.
 _READ_SIZE = 1 << 18
@@ -408,6 +414,77 @@ class UnpicklableChunk(Exception):
         super().__init__(calls, error)
         self.calls = calls
         self.error = error
+
+
+class CallPickler:
+    """Pickles calls one after another with one reused pickler (one thread: the manager's).
+
+    Making a pickler is most of the cost of pickling a small call: this one is
+    made once, and cleared between calls. The result is what [`dumps_call`][]
+    gives, which it falls back to for a call with big ``bytes`` arguments (out
+    of band) and for a call that cannot be pickled (to name what cannot).
+    """
+
+    def __init__(self) -> None:
+        self._buffer = io.BytesIO()
+        self._pickler: pickle.Pickler | None = None
+        self._table: dict[Any, Any] | None = None
+        self._busy = False  # a __reduce__ that submits pickles its call while this one is
+
+    def refresh(self) -> None:
+        """Take up reducers registered since the last call (``copyreg``, ``ForkingPickler``).
+        Called once per round of calls rather than for each."""
+        if self._pickler is not None and _dispatch_table() is not self._table:
+            self._pickler = None
+
+    def dumps(self, fn: Callable[..., Any], args: tuple[Any, ...],
+              kwargs: Mapping[str, Any]) -> Payload:
+        for value in args:
+            if type(value) is bytes and len(value) >= OOB_MIN:
+                return dumps_call(fn, args, kwargs)
+        for value in kwargs.values():
+            if type(value) is bytes and len(value) >= OOB_MIN:
+                return dumps_call(fn, args, kwargs)
+        if self._busy:
+            return dumps_call(fn, args, kwargs)
+        pickler = self._pickler
+        if pickler is None:
+            pickler = self._pickler = pickle.Pickler(self._buffer, _PROTOCOL)
+            pickler.dispatch_table = self._table = _dispatch_table()
+        buffer = self._buffer
+        buffer.seek(0)
+        buffer.truncate()
+        self._busy = True
+        try:
+            pickler.dump((fn, args, kwargs))
+        except BaseException as exc:
+            self._pickler = None  # a dump cut short may leave it half-way through a frame
+            from safepool import _pickling
+
+            if _pickling.may_be_ctrl_c(exc):
+                raise  # not pickled again: a real Ctrl-C must not be lost
+            return dumps_call(fn, args, kwargs)  # raises, naming what cannot be pickled
+        finally:
+            self._busy = False
+            pickler.clear_memo()  # the memo holds the call's objects: not kept alive
+        payload = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()  # a big call's copy is not kept until the next one
+        return payload
+
+
+_callers = threading.local()
+
+
+def pickle_call(fn: Callable[..., Any], args: tuple[Any, ...],
+                kwargs: Mapping[str, Any]) -> Payload:
+    """[`dumps_call`][], with a [`CallPickler`][] kept per calling thread (``submit``)."""
+    pickler: CallPickler | None = getattr(_callers, "pickler", None)
+    if pickler is None:
+        pickler = _callers.pickler = CallPickler()
+    else:
+        pickler.refresh()
+    return pickler.dumps(fn, args, kwargs)
 
 
 def check_initargs(initargs: tuple[Any, ...]) -> None:

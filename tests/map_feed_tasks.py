@@ -44,3 +44,17 @@ def double(value: int) -> int:
 
 def size(value: bytes | int) -> int:
     return value if isinstance(value, int) else len(value)
+
+
+class LateReduced:
+    """Picklable only through a reducer registered with ``copyreg`` at run time."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __reduce__(self) -> Any:
+        raise TypeError("LateReduced needs its copyreg reducer")
+
+
+def reduce_late(obj: LateReduced) -> Any:
+    return (_rebuilt, (obj.value,))

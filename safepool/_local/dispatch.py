@@ -27,6 +27,7 @@ from safepool._local.state import (
     _set_result,
     _Worker,
 )
+from safepool._transport import FRAME_LENGTH as _LENGTH
 
 __all__ = ["Dispatch"]
 
@@ -112,7 +113,7 @@ class Dispatch(PoolState):
         assert call is not None
         item.call = None
         try:
-            item.payload = _transport.dumps_call(call.fn, call.args, call.kwargs)
+            item.payload = self._call_pickler.dumps(call.fn, call.args, call.kwargs)
             return True
         except BaseException as exc:  # a PicklingError naming the culprit; anything else too
             error = exc if isinstance(exc, PicklingError) else PicklingError(
@@ -139,6 +140,7 @@ class Dispatch(PoolState):
         """
         if not (self._pending or self._retry):
             return
+        self._call_pickler.refresh()
         batches: dict[_Worker, list[bytes]] = {}
         # A worker running its last task before recycling may already have its
         # replacement (early replacement), and spares wait idle and ready: so that
@@ -196,11 +198,18 @@ class Dispatch(PoolState):
         item.future._worker_pid = worker.pid
         worker.inflight.append(item)
         frames = batches.setdefault(worker, [])
-        frames.append(_transport.frame(item.payload))
-        if len(item.payload) > _PREFETCH_PAYLOAD:
+        payload = item.payload
+        if type(payload) is bytes and len(payload) <= _PREFETCH_PAYLOAD:
+            frames += (_LENGTH.pack(len(payload)), payload)  # joined once, by _dispatch
+            return self._started(worker, item, frames)
+        frames.append(_transport.frame(payload))
+        if len(payload) > _PREFETCH_PAYLOAD:
             # The worker has it now; a large payload is not kept alive while it runs.
             # (A small one is kept, to re-send if the worker dies before starting it.)
             item.payload = b""
+        self._started(worker, item, frames)
+
+    def _started(self, worker: _Worker, item: WorkItem, frames: list[bytes]) -> None:
         if len(worker.inflight) == 1:
             worker.state = BUSY
             worker.logged = False
@@ -277,7 +286,10 @@ class Dispatch(PoolState):
                               _transport.unloadable_result(exc))
             else:
                 self.counters.completed += 1
-                self._resolve(worker, _set_result, item.future, value)
+                if worker.logged:
+                    self._resolve(worker, _set_result, item.future, value)
+                else:  # the common case, without _resolve's indirection
+                    _set_result(item.future, value)
         else:
             self.counters.failed += 1
             self._resolve(worker, _set_exception, item.future,

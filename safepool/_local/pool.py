@@ -165,6 +165,7 @@ class Pool(Dispatch, Lifecycle, Deadlines, Stopping, Failures):
         # are prefetched, so a worker never waits for the parent between them.
         self._avg_seconds = math.inf
         self._retry: deque[WorkItem] = deque()  # started items whose send failed
+        self._call_pickler = _transport.CallPickler()  # map's calls, pickled as they are sent
         self._deadlines: list[tuple[float, int, int, Any, Any]] = []
         self._seq = itertools.count()
         self._boot_failures = 0
@@ -197,7 +198,7 @@ class Pool(Dispatch, Lifecycle, Deadlines, Stopping, Failures):
     def dumps(self, fn: Callable[..., Any], args: tuple[Any, ...],
               kwargs: Mapping[str, Any]) -> _transport.Payload:
         """Pickle a call for a worker (see ``safepool._transport.dumps_call``)."""
-        return _transport.dumps_call(fn, args, kwargs)
+        return _transport.pickle_call(fn, args, kwargs)
 
     future_class = SafeFuture
 

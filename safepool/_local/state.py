@@ -224,6 +224,7 @@ class PoolState:
     _wake_r: int
     _wake_w: int
     _woken: bool
+    _call_pickler: _transport.CallPickler
     _lifeline_r: Connection
     _lifeline_w: Connection
 
