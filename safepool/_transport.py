@@ -343,6 +343,17 @@ def _diagnose(
     return None
 
 
+def _has_big_bytes(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
+    """Whether an argument is ``bytes`` big enough to go out of band (``OOB_MIN``)."""
+    for value in args:
+        if type(value) is bytes and len(value) >= OOB_MIN:
+            return True
+    for value in kwargs.values():  # noqa: SIM110 - loops: no generator made for each call
+        if type(value) is bytes and len(value) >= OOB_MIN:
+            return True
+    return False
+
+
 def dumps_call(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
@@ -362,12 +373,8 @@ def dumps_call(
     it is a failure to pickle like any other: ``_pickling.may_be_ctrl_c``).
     """
     try:
-        for value in args:
-            if type(value) is bytes and len(value) >= OOB_MIN:
-                return _dumps_out_of_band(fn, args, kwargs)
-        for value in kwargs.values():
-            if type(value) is bytes and len(value) >= OOB_MIN:
-                return _dumps_out_of_band(fn, args, kwargs)
+        if _has_big_bytes(args, kwargs):
+            return _dumps_out_of_band(fn, args, kwargs)
         return _dumps((fn, args, kwargs))
     except BaseException as exc:  # even SystemExit, from an argument's __reduce__
         from safepool import _pickling
@@ -439,13 +446,7 @@ class CallPickler:
 
     def dumps(self, fn: Callable[..., Any], args: tuple[Any, ...],
               kwargs: Mapping[str, Any]) -> Payload:
-        for value in args:
-            if type(value) is bytes and len(value) >= OOB_MIN:
-                return dumps_call(fn, args, kwargs)
-        for value in kwargs.values():
-            if type(value) is bytes and len(value) >= OOB_MIN:
-                return dumps_call(fn, args, kwargs)
-        if self._busy:
+        if self._busy or _has_big_bytes(args, kwargs):
             return dumps_call(fn, args, kwargs)
         pickler = self._pickler
         if pickler is None:

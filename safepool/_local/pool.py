@@ -7,10 +7,13 @@ Data flow::
   submit(fn, *args, **kw)
     pickle (fn, args, kw)  ┐
     append to pending ─────┼─> wake pipe (one write per burst)
-                           │   epoll(wake pipe, worker pipes, worker pidfds,
+  map(fn, items)           │
+    append calls, not yet  │
+    pickled, in batches ───┤   epoll(wake pipe, worker pipes, worker pidfds,
                            │         timeout=earliest deadline)
                            │   dispatch: pending -> an IDLE worker ──pipe──> read, marks[0] = n,
-                           │     future RUNNING, timeout armed               run fn(*args),
+                           │     (a map's call pickled here, as sent)        run fn(*args),
+                           │     future RUNNING, timeout armed
                            │   prefetch: short tasks -> a BUSY worker's      send exactly one reply
                            │     pipe, several per write (they wait there)   (or SKIPPED if marked)
   future.result() <────────┴── replies (many per read): set_result /  <──pipe── (OK | ERR, trailer)
@@ -36,7 +39,9 @@ Data flow::
 
 Caller threads only append to ``pending`` under a lock and write one byte to
 the wake pipe when the manager is not already woken; the first ``submit``
-starts the manager thread. ``stop_task``, ``shutdown`` and ``stop`` likewise
+starts the manager thread. ``submit`` pickles its call first; ``map`` appends
+its calls unpickled (``safepool._mapcalls``), and the manager pickles each as
+it sends it, outside the lock. ``stop_task``, ``shutdown`` and ``stop`` likewise
 leave the work to the manager and wait for it if they must (only ``kill_now``,
 on a second Ctrl-C, signals workers itself).
 
