@@ -167,7 +167,10 @@ EXTRAS: dict[str, list[tuple[str, Callable[[Row], str]]]] = {
         ("total", _metric("total_s", fmt_seconds)),
         ("tasks/s", _metric("tasks_per_s", _rate)),
     ],
-    "payload": [("MiB/s (in + out)", _metric("mib_per_s", _rate))],
+    "payload": [
+        ("MiB/s (in + out)", _metric("mib_per_s", _rate)),
+        ("parent peak RSS", _metric("peak_rss", fmt_bytes)),
+    ],
     "cpu": [
         ("efficiency", _metric("efficiency", lambda v: f"{100 * v:.0f}%")),
         ("CPU per task", _metric("task_cpu_s", fmt_seconds)),

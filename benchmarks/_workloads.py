@@ -14,6 +14,7 @@ MiB/s, efficiency, ...), ``start_method`` and ``shutdown_seconds``.
 from __future__ import annotations
 
 import gc
+import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -223,7 +224,10 @@ def payload(adapter: Adapter, p: Params) -> dict[str, Any]:
     _finish(adapter, pool, p.method, record)
     _check(len(results) == p.payload_n and all(r == data for r in results), "payload")
     moved_mib = 2 * p.payload_n * PAYLOAD_BYTES / (1 << 20)  # in and out
-    record.update(value=seconds, metrics={"mib_per_s": moved_mib / seconds})
+    # This interpreter ran nothing before (each measurement has its own), so its peak
+    # RSS is this run's: every payload held, sent and received, and the results kept.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    record.update(value=seconds, metrics={"mib_per_s": moved_mib / seconds, "peak_rss": peak})
     return record
 
 

@@ -162,9 +162,10 @@ class Executor(cf.Executor):
             after a process start; they run no task while ``max_workers`` tasks
             run. ``None`` (the default): one spare when the executor recycles
             workers or has a default ``timeout``, else one from the first time a
-            worker is killed or crashes; none with ``resources`` or an
-            ``initializer`` (they may hold connections: ask for spares
-            explicitly, and count them in your connection budget). ``0``: none.
+            task with a timeout starts or a worker is killed or crashes; none
+            with ``resources`` or an ``initializer`` (they may hold connections:
+            ask for spares explicitly, and count them in your connection
+            budget). ``0``: none.
         cluster: run the calls on a Dask cluster instead of on this machine: a
             ``distributed.Client`` or a scheduler address such as
             ``"tcp://127.0.0.1:8786"`` (needs ``safepool[dask]``). Each Dask

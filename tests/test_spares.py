@@ -64,6 +64,20 @@ def test_by_default_a_plain_executor_gets_a_spare_after_the_first_kill(make_pool
 
 
 @pytest.mark.parametrize("method", ["forkserver"])
+def test_by_default_the_first_task_with_a_timeout_brings_a_spare_before_any_kill(make_pool, fifo):
+    """So that even the first timeout's kill does not wait for a process start."""
+    pool = make_pool(1)
+    pool.submit(tasks.pid).result(timeout=30)
+    _settle(pool, 1)
+    timed = pool.options(timeout=30).submit(tasks.note_start_then_sleep, fifo.path, 0, 5.0)
+    running = int(fifo.line().split()[1])
+    spare = _settle(pool, 1)  # a second process, ready while the timed task runs
+    assert spare != [running]
+    assert timed.result(timeout=30) == 0
+    assert len(_settle(pool, 2)) == 2  # no worker was lost, and the spare stays
+
+
+@pytest.mark.parametrize("method", ["forkserver"])
 def test_no_spare_by_default_with_resources(make_pool, tmp_path):
     pool = make_pool(1, resources=[rd.session_resource(str(tmp_path / "log"))],
                      max_tasks_per_child=2)

@@ -222,6 +222,8 @@ class Dispatch(PoolState):
     def _arm_timeout(self, worker: _Worker, item: WorkItem) -> None:
         """Start ``item``'s timeout now that it is its worker's head (it starts running)."""
         if item.timeout is not None:
+            if self._spare_on_demand:  # its kill must not wait for a process start either
+                self._want_a_spare()
             # The deadline names the task's number, not the item: a task that finishes
             # early leaves a stale entry that must not keep its future and result.
             self._push_deadline(time.monotonic() + item.timeout, _TIMEOUT, worker, item.no)

@@ -135,7 +135,8 @@ class Lifecycle(PoolState):
         return True
 
     def _want_a_spare(self) -> None:
-        """A worker is being killed or crashed: from now on keep one spare ready, if on demand."""
+        """A worker is being killed or crashed, or a task with a timeout (which may kill its
+        worker) started: from now on keep one spare ready, if on demand."""
         if self._spare_on_demand and not self._shutdown:
             self._spare_on_demand = False
             self._spares = 1
