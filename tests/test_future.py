@@ -96,3 +96,13 @@ def test_a_cancelled_future_never_starts_and_wakes_its_waiters():
     waiter.join(timeout=30)
     assert not waiter.is_alive()
     assert future.cancelled() and future.done()
+
+
+def test_it_has_every_attribute_a_stdlib_future_has():
+    """``SafeFuture.__init__`` does ``Future.__init__``'s work itself (all but the
+    Condition): a field a new Python adds there must be added here too."""
+    stdlib = set(vars(cf.Future()))
+    ours = set(vars(SafeFuture()))
+    assert stdlib - {"_condition"} <= ours
+    assert "_condition" not in ours  # made on first use
+    assert isinstance(SafeFuture()._condition, threading.Condition)
