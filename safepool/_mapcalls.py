@@ -156,5 +156,6 @@ class MapCalls:
 def _count_unless_split(bar: ProgressBar, n: int, future: Future[Any]) -> None:
     """A chunk's done-callback: count its calls, unless it failed to pickle as a whole
     (its calls are then sent, and counted, one by one)."""
-    if future.cancelled() or not isinstance(future.exception(), UnpicklableChunk):
+    # Read without exception(), which would count as retrieving it (see _progress._failed).
+    if not isinstance(getattr(future, "_exception", None), UnpicklableChunk):
         bar.on_done(future, n)

@@ -10,9 +10,12 @@ user code run by pickling free to submit to the same pool.
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import re
 import sys
 import threading
+import time
 
 import pytest
 
@@ -125,3 +128,26 @@ def test_progress_counts_a_split_chunk_once_per_call(make_pool, capsys, monkeypa
         next(results)
     final = capsys.readouterr().err.splitlines()[-1]
     assert re.match(r"split: [5-8]/8 tasks \(1 failed\)", final), final
+
+
+@pytest.mark.parametrize("progress", [False, "p"])
+def test_an_abandoned_map_reports_the_pickling_error_of_its_unsent_chunk(
+    make_pool, caplog, monkeypatch, progress
+):
+    """A chunk that could not be pickled, in a map nobody iterates, is reported as its
+    PicklingError (the internal split marker never shows); a progress bar counting
+    it does not count as retrieving the error."""
+    monkeypatch.setattr(_progress, "_tqdm_module", None)
+    pool = make_pool(1)
+    results = pool.map(hp.identity, [0, threading.Lock()], chunksize=2, progress=progress)
+    assert pool.submit(hp.identity, 1).result(timeout=30) == 1  # the chunk was taken first
+    del results
+    deadline = time.monotonic() + 10
+    found: list[logging.LogRecord] = []
+    while not found and time.monotonic() < deadline:
+        gc.collect()
+        found = [r for r in caplog.records if "never retrieved" in r.getMessage()]
+        time.sleep(0.02)
+    (record,) = found
+    assert "PicklingError" in record.getMessage()
+    assert "UnpicklableChunk" not in record.getMessage()
