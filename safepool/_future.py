@@ -14,12 +14,12 @@
   other callbacks still run: callbacks run on safepool's manager thread, which
   must never die of one.
 
-It is also lighter: its ``threading.Condition`` (7 of the 11 objects a stdlib
+It is also lighter: its ``threading.Condition`` (8 of the 11 objects a stdlib
 future is made of, each one tracked by the garbage collector) is made only
-when something needs it, a thread waiting for the result, ``wait``,
-``as_completed`` or a done-callback. Until then the state changes it goes
-through (started, then resolved, by the manager thread) are made under one
-lock shared by all such futures, held for a few attribute writes.
+when something needs it: a thread waiting for the result, ``wait``,
+``as_completed``, a done-callback, ``cancel()``. The future's own reentrant
+lock is made at once and guards its state throughout; the Condition, when
+made, is built on that lock.
 """
 
 from __future__ import annotations
@@ -48,8 +48,6 @@ _callback_log = logging.getLogger("concurrent.futures")
 _unretrieved: weakref.WeakSet[SafeFuture[Any]] = weakref.WeakSet()
 _unretrieved_lock = threading.Lock()
 _DONE = frozenset({CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED})
-#: Guards the state of every future that has no Condition yet, and the making of one.
-_shared_lock = threading.Lock()
 
 
 def label_of(fn: Any) -> str:
@@ -92,6 +90,9 @@ class SafeFuture(Future[T]):
 
     def __init__(self) -> None:
         # Future.__init__ (the same on 3.10 to 3.15), but for the Condition: see _condition.
+        # Its lock is made now (one object, not tracked by the garbage collector) and
+        # guards the state from the start; the Condition is built on it when needed.
+        self._state_lock = threading.RLock()
         self._cond: threading.Condition | None = None
         self._state = PENDING
         self._result: Any = None
@@ -102,29 +103,15 @@ class SafeFuture(Future[T]):
     @property
     def _condition(self) -> threading.Condition:  # type: ignore[override]
         """The stdlib's ``Future._condition``, made on first use (by ``wait``, a waiting
-        ``result()``, a callback): from then on it guards this future's state."""
+        ``result()``, a callback, ``cancel()``) on the future's own lock, so that the
+        state is guarded by the same lock before and after."""
         cond = self._cond
         if cond is None:
-            with _shared_lock:  # so that no state change is under way meanwhile
+            with self._state_lock:
                 cond = self._cond
                 if cond is None:
-                    cond = self._cond = threading.Condition()
+                    cond = self._cond = threading.Condition(self._state_lock)
         return cond
-
-    def _locked(self) -> Any:
-        """Acquire and return the lock that guards this future's state now: its
-        Condition's, or the shared lock while it has none (a Condition, once made,
-        stays). Release it before calling anything that takes ``_condition``."""
-        while True:
-            cond = self._cond
-            if cond is not None:
-                lock = cond._lock  # type: ignore[attr-defined]
-                lock.acquire()
-                return lock
-            _shared_lock.acquire()
-            if self._cond is None:
-                return _shared_lock
-            _shared_lock.release()  # made meanwhile: take its own lock instead
 
     def done(self) -> bool:
         # One attribute read, as the stdlib's under the lock: no Condition made to poll.
@@ -158,19 +145,16 @@ class SafeFuture(Future[T]):
         # The stdlib's, minus the work that has no one to serve: most futures
         # have no thread waiting on them and no callback when their result
         # arrives (they are read after), and this runs for every task.
-        lock = self._locked()
-        try:
+        with self._state_lock:
             refused = self._state in _DONE
             if not refused:
                 self._result = result
                 self._state = FINISHED
                 for waiter in self._waiters:
                     waiter.add_result(self)
-                cond = self._cond  # (None under the shared lock: nobody waits)
+                cond = self._cond  # (None: nobody waits)
                 if cond is not None and cond._waiters:  # type: ignore[attr-defined]
                     cond.notify_all()
-        finally:
-            lock.release()
         if refused:  # raised once the lock is released: repr takes the future's lock
             raise InvalidStateError(f"{self._state}: {self!r}")
         if self._done_callbacks:
@@ -257,14 +241,13 @@ class SafeFuture(Future[T]):
 
     def start(self) -> bool:
         """Mark the future running; False if it was cancelled (it must then not run)."""
-        lock = self._locked()
-        try:
+        # All under the one (reentrant) lock: a cancel() between a look and the
+        # notification would otherwise find the state changed under it.
+        with self._state_lock:
             if self._state == PENDING:  # the common case, under one acquisition of the lock
                 self._state = RUNNING
                 return True
             if self._state == CANCELLED_AND_NOTIFIED:
                 return False
-        finally:
-            lock.release()
-        return self.set_running_or_notify_cancel()  # cancelled: notify; else it raises
+            return self.set_running_or_notify_cancel()  # cancelled: notify; else it raises
 

@@ -423,6 +423,10 @@ class UnpicklableChunk(Exception):
         self.error = error
 
 
+#: A CallPickler is made anew after a call pickled bigger than this (see ``dumps``).
+_KEEP_PICKLER_BELOW = 1024
+
+
 class CallPickler:
     """Pickles calls one after another with one reused pickler (one thread: the manager's).
 
@@ -471,6 +475,10 @@ class CallPickler:
         payload = buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()  # a big call's copy is not kept until the next one
+        if len(payload) > _KEEP_PICKLER_BELOW:
+            # clear_memo() empties the memo but keeps its size: after a call with
+            # many objects, every later clear would sweep that whole table.
+            self._pickler = None
         return payload
 
 

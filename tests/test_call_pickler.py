@@ -84,3 +84,14 @@ def test_a_kept_pickler_gives_what_a_fresh_one_gives():
     call = (mt.double, (1, "two", [3.0], {"four": (5,)}), {"six": None})
     assert _transport.pickle_call(*call) == _transport.dumps_call(*call)
     assert _transport.pickle_call(*call) == _transport.dumps_call(*call)  # memo cleared
+
+
+def test_a_big_call_does_not_leave_a_big_memo_behind():
+    """clear_memo() keeps the memo's size: after a call with many objects the kept
+    pickler is replaced, so later small calls do not sweep a big table each time."""
+    _transport.pickle_call(mt.double, (1,), {})
+    before = _transport._callers.pickler._pickler
+    _transport.pickle_call(mt.double, ([str(i) for i in range(10_000)],), {})
+    assert _transport._callers.pickler._pickler is None
+    _transport.pickle_call(mt.double, (1,), {})
+    assert _transport._callers.pickler._pickler is not before

@@ -106,3 +106,35 @@ def test_it_has_every_attribute_a_stdlib_future_has():
     assert stdlib - {"_condition"} <= ours
     assert "_condition" not in ours  # made on first use
     assert isinstance(SafeFuture()._condition, threading.Condition)
+
+
+def test_cancel_racing_start_never_breaks_either_side():
+    """start() (the manager) and cancel() (a caller) at the same moment, many times:
+    start() says whether the task may run, and never raises."""
+    for _ in range(ROUNDS):
+        future: SafeFuture[int] = SafeFuture()
+        started: list[bool] = []
+        go = threading.Barrier(2)
+
+        def start(f: SafeFuture[int], go: threading.Barrier, started: list[bool]) -> None:
+            go.wait(timeout=10)
+            started.append(f.start())
+
+        thread = threading.Thread(target=start, args=(future, go, started))
+        thread.start()
+        go.wait(timeout=10)
+        cancelled = future.cancel()
+        thread.join(timeout=10)
+        assert started == [not cancelled]
+        assert future.cancelled() == cancelled
+
+
+def test_a_finalizer_cancelling_a_future_during_a_state_change_does_not_deadlock():
+    """Each future has its own reentrant lock: a cancel() run by a finalizer while this
+    thread holds some future's lock (a garbage collection can run anywhere) proceeds."""
+    other: SafeFuture[int] = SafeFuture()
+    future: SafeFuture[int] = SafeFuture()
+    with future._state_lock:  # as during start()/set_result()
+        assert other.cancel()
+        assert future.cancel()  # the same thread: reentrant
+    assert other.cancelled() and future.cancelled()

@@ -117,7 +117,7 @@ class Dispatch(PoolState):
             return True
         except BaseException as exc:  # a PicklingError naming the culprit; anything else too
             error = exc if isinstance(exc, PicklingError) else PicklingError(
-                "the call", type(call.fn).__qualname__, repr(exc))
+                "the call", type(call.fn).__qualname__, f"{type(exc).__qualname__} raised")
         if call.chunk:  # the map sends its calls one by one, and counts each
             with self._lock:
                 self.counters.submitted -= 1
