@@ -713,8 +713,9 @@ class Executor(cf.Executor):
         if chunksize > 1:
             calls = chunked(calls, chunksize)
         # It holds this executor: the results' iterator keeps it alive (see safepool._map).
+        timeout = self._timeout if task_timeout is _UNSET else task_timeout
         submitter = MapCalls(self, fn, chunked=chunksize > 1, single=single,
-                             timeout=task_timeout, unset=_UNSET, bar=bar, placement=placement)
+                             timeout=timeout, bar=bar, placement=placement)
         return submitter, calls, bar
 
 

@@ -50,13 +50,14 @@ class MapCalls:
     ``chunked``: each call is a chunk (a tuple of calls), run by one task whose
     result is the list of their results; ``single``: the map is over one
     iterable, so a call (in a chunk) is its argument, not a 1-tuple.
-    ``timeout`` is the per-task timeout, or the executor's unset marker.
-    Holds ``executor`` strongly: the results' iterator keeps it alive.
+    ``timeout`` is the per-task timeout (already resolved: the executor's, the
+    function's, or an ``options()`` view's). Holds ``executor`` strongly: the
+    results' iterator keeps it alive.
     """
 
     def __init__(
         self, executor: Executor, fn: Callable[..., Any], *, chunked: bool, single: bool,
-        timeout: Any, unset: Any, bar: ProgressBar | None,
+        timeout: float | None, bar: ProgressBar | None,
         placement: Mapping[str, float] | None,
     ) -> None:
         self._executor = executor
@@ -64,7 +65,6 @@ class MapCalls:
         self._chunked = chunked
         self._single = single
         self._timeout = timeout
-        self._unset = unset
         self._bar = bar
         self._placement = placement
         unpickled = executor._submit_unpickled
@@ -99,14 +99,14 @@ class MapCalls:
 
     def _batch(self, calls: list[Any]) -> list[Submitted]:
         if self._unpickled is not None and "opentelemetry.trace" not in sys.modules:
-            return list(self._queue_unpickled(calls))
+            return self._queue_unpickled(calls)
         return [self._pickled(call) for call in calls]
 
-    def _queue_unpickled(self, calls: list[Any]) -> list[Future[Any]]:
+    def _queue_unpickled(self, calls: list[Any]) -> list[Submitted]:
         assert self._unpickled is not None
         ex = self._executor
         fn = self._fn
-        timeout = ex._timeout if self._timeout is self._unset else self._timeout
+        timeout = self._timeout
         runner = run_chunk_single if self._single else run_chunk
         report = ex._log_unretrieved
         queued: list[tuple[SafeFuture[Any], DeferredCall]] = []
@@ -137,8 +137,7 @@ class MapCalls:
         traced: TaskSpan | None = None
         try:
             if "opentelemetry.trace" in sys.modules:  # in use: trace the chunk (_tracing)
-                timeout = ex._timeout if self._timeout is self._unset else self._timeout
-                payload, traced = dumps_traced(ex._engine.dumps, runner, (call,), {}, timeout,
+                payload, traced = dumps_traced(ex._engine.dumps, runner, (call,), {}, self._timeout,
                                                named=self._fn, chunk_size=len(call))
             else:
                 payload = ex._engine.dumps(runner, (call,), {})

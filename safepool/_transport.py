@@ -428,7 +428,8 @@ _KEEP_PICKLER_BELOW = 1024
 
 
 class CallPickler:
-    """Pickles calls one after another with one reused pickler (one thread: the manager's).
+    """Pickles calls one after another with one reused pickler, for one thread only
+    (each calling thread has its own, through [`pickle_call`][]; the manager its own).
 
     Making a pickler is most of the cost of pickling a small call: this one is
     made once, and cleared between calls. The result is what [`dumps_call`][]
