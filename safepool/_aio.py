@@ -46,7 +46,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from safepool._map import Submitted, Submitter
-from safepool._transport import UnpicklableChunk
+from safepool._transport import SplitChunk
 
 if TYPE_CHECKING:
     from safepool._progress import ProgressBar
@@ -159,7 +159,8 @@ def map_results_async(
     ``buffersize``). When the iteration ends early, by a ``break``, an
     exception, a cancellation or its ``timeout``, the calls not started are
     cancelled and the running ones stopped. A chunk that could not be pickled as
-    a whole is sent again call by call (``submit.split``).
+    a whole was sent call by call (its result is a ``SplitChunk``): its calls'
+    results are handed out one by one.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     rest = None if more is None else iter(more)
@@ -180,10 +181,9 @@ def map_results_async(
                 split = isinstance(head, list)  # a chunk sent call by call
                 current = list(head) if isinstance(head, list) else [head]
                 while current:
-                    try:
-                        value = await _outcome(current[0], deadline)
-                    except UnpicklableChunk as exc:  # sent call by call instead
-                        current, split = submit.split(exc.calls), True
+                    value = await _outcome(current[0], deadline)
+                    if type(value) is SplitChunk:  # split by the manager thread
+                        current, split = list(value.futures), True
                         continue
                     current.pop(0)
                     if chunked and not split:

@@ -34,7 +34,6 @@ from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from safepool._errors import TaskStoppedError
-from safepool._transport import UnpicklableChunk
 from safepool._worker import run_chunk, run_chunk_single
 
 __all__ = ["SafeFuture", "report_unretrieved"]
@@ -206,8 +205,6 @@ class SafeFuture(Future[T]):
         exc = self._exception
         if exc is None or self.cancelled() or isinstance(exc, TaskStoppedError):
             return  # stopping a task (kill_workers(), Ctrl-C) is the caller's own doing
-        if isinstance(exc, UnpicklableChunk):  # a map's chunk, its iteration abandoned
-            exc = exc.error
         try:
             _log.error(
                 "exception in %s was never retrieved (future.result() or future.exception() "

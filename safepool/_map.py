@@ -28,7 +28,7 @@ from concurrent.futures._base import FINISHED
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from safepool._transport import UnpicklableChunk
+from safepool._transport import SplitChunk
 
 if TYPE_CHECKING:
     from safepool._progress import ProgressBar
@@ -82,9 +82,6 @@ class Submitter(Protocol):
     def one(self, call: Any) -> Submitted:
         """Submit one call (or chunk)."""
 
-    def split(self, calls: tuple[Any, ...]) -> list[Future[Any]]:
-        """Send the calls of a chunk that could not be pickled as a whole one by one."""
-
 
 def map_results(
     submit: Submitter,
@@ -98,8 +95,9 @@ def map_results(
     """Submit ``calls`` with ``submit`` as ``buffersize`` allows, now; the results, lazily.
 
     ``chunked``: each call is a chunk whose result is a list, handed out item by
-    item. A chunk whose future fails with ``UnpicklableChunk`` (it could not be
-    pickled as a whole) is sent again call by call (``submit.split``).
+    item. A chunk that could not be pickled as a whole was sent call by call
+    (its future's result is a ``SplitChunk``): its calls' results are handed
+    out one by one, each in a list of one.
     ``bar`` is closed when the iteration ends. Exceptions from ``submit``
     (the executor was shut down, say) propagate from this call for the first
     calls, and from ``next()`` for later ones.
@@ -180,11 +178,10 @@ class MapIterator(Iterator[Any]):
                 if isinstance(head, list):  # a chunk that could not be pickled as a whole
                     self._split.extend(head)
                     return self._one_of_split()
-                try:
-                    return _result_or_cancel(head, self._deadline)
-                except UnpicklableChunk as exc:  # found out in the manager thread
-                    calls = exc.calls
-                self._split.extend(self._submit.split(calls))
+                value = _result_or_cancel(head, self._deadline)
+                if type(value) is not SplitChunk:
+                    return value
+                self._split.extend(value.futures)  # split by the manager thread
                 return self._one_of_split()
         except BaseException:
             self.close()

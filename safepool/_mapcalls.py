@@ -6,17 +6,19 @@ iterator of its results keeps (``safepool._map``, ``safepool._aio``):
 * ``many``: the calls a map submits when it is called, in batches that grow
   from one call to ``_BATCH_MAX`` (one lock and one wake-up of the manager
   thread per batch, and the first call starts at once);
-* ``one``: one more call, each time a result is taken (``buffersize``);
-* ``split``: a chunk that could not be pickled as a whole, call by call, so
-  that only the call that cannot be pickled fails.
+* ``one``: one more call, each time a result is taken (``buffersize``).
+
+A chunk that cannot be pickled as a whole is sent call by call instead, so
+that only the call that cannot be pickled fails.
 
 On the local engine the calls go unpickled: its manager thread pickles each
 as it sends it, as the stdlib's feeder thread does, so the first calls run
 while the caller is still queueing the rest. A call that cannot be pickled
-fails its future with the ``PicklingError``, and a chunk with
-``UnpicklableChunk``, which the iterator answers with ``split``. With
-OpenTelemetry in use (the call is traced as it is pickled) or on a cluster,
-each call is pickled in the caller, through ``Executor._submit``.
+fails its future with the ``PicklingError``; a chunk is split by the manager,
+its future resolving to a ``SplitChunk`` of its calls' futures, which the
+iterator hands out in its place. With OpenTelemetry in use (the call is
+traced as it is pickled) or on a cluster, each call is pickled in the caller,
+through ``Executor._submit``, and a chunk split there at once.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from safepool._errors import PicklingError
 from safepool._future import SafeFuture
 from safepool._tracing import TaskSpan, dumps_traced
-from safepool._transport import DeferredCall, UnpicklableChunk
+from safepool._transport import DeferredCall, SplitChunk
 from safepool._worker import run_chunk, run_chunk_single
 
 if TYPE_CHECKING:
@@ -89,7 +91,7 @@ class MapCalls:
         """Submit one call (or chunk)."""
         return self._batch([call])[0]
 
-    def split(self, calls: tuple[Any, ...]) -> list[Future[Any]]:
+    def _split(self, calls: tuple[Any, ...]) -> list[Future[Any]]:
         """A chunk that could not be pickled as a whole, sent call by call: only the call
         that cannot be pickled fails, and the calls before it deliver their results."""
         ex = self._executor
@@ -107,7 +109,8 @@ class MapCalls:
         ex = self._executor
         fn = self._fn
         timeout = self._timeout
-        runner = run_chunk_single if self._single else run_chunk
+        single = self._single
+        runner = run_chunk_single if single else run_chunk
         report = ex._log_unretrieved
         queued: list[tuple[SafeFuture[Any], DeferredCall]] = []
         for call in calls:
@@ -116,7 +119,8 @@ class MapCalls:
                 future._report_unretrieved = True
                 future._fn = fn  # named in the report, if there is one
             if self._chunked:  # the task is runner(fn, chunk)
-                queued.append((future, DeferredCall(runner, (fn, call), {}, chunk=True)))
+                queued.append((future, DeferredCall(runner, (fn, call), {}, chunk=True,
+                                                    single=single)))
             else:
                 queued.append((future, DeferredCall(fn, call, {}, chunk=False)))
         self._unpickled(queued, timeout)
@@ -142,7 +146,7 @@ class MapCalls:
             else:
                 payload = ex._engine.dumps(runner, (call,), {})
         except PicklingError:
-            return self.split(call)
+            return self._split(call)
         future = ex._submit(runner, (call,), {}, self._timeout, payload, self._placement, traced)
         return self._counted(future, len(call))
 
@@ -153,8 +157,12 @@ class MapCalls:
 
 
 def _count_unless_split(bar: ProgressBar, n: int, future: Future[Any]) -> None:
-    """A chunk's done-callback: count its calls, unless it failed to pickle as a whole
-    (its calls are then sent, and counted, one by one)."""
-    # Read without exception(), which would count as retrieving it (see _progress._failed).
-    if not isinstance(getattr(future, "_exception", None), UnpicklableChunk):
+    """A chunk's done-callback: count its calls; if it was split (it could not be
+    pickled as a whole), count each of its calls as it ends instead."""
+    # Read without result(), which would count as retrieving an error (see _progress._failed).
+    split = getattr(future, "_result", None)
+    if type(split) is SplitChunk:
+        for one in split.futures:
+            one.add_done_callback(partial(bar.on_done, n=1))
+    else:
         bar.on_done(future, n)

@@ -77,7 +77,7 @@ __all__ = [
     "Message",
     "OutOfBandCall",
     "Payload",
-    "UnpicklableChunk",
+    "SplitChunk",
     "check_initargs",
     "decode_error",
     "describe_error",
@@ -275,7 +275,7 @@ class FrameReader:
 
 
 _table: dict[Any, Any] = {}
-_table_key: tuple[int, int] = (-1, -1)
+_seen: tuple[dict[Any, Any], dict[Any, Any]] | None = None  # the registries it was made of
 
 
 def _dispatch_table() -> dict[Any, Any]:
@@ -283,15 +283,15 @@ def _dispatch_table() -> dict[Any, Any]:
 
     ``ForkingPickler.dumps`` copies copyreg's dispatch table on every call,
     which is most of its cost for a small call; the merged table is kept here
-    and rebuilt when either registry grows.
+    and rebuilt when either registry changes (a reducer added, or replaced:
+    the comparison is by identity first, a fraction of a microsecond).
     """
-    global _table, _table_key
+    global _table, _seen
     extra: dict[Any, Any] = getattr(ForkingPickler, "_extra_reducers", {})
-    key = (len(copyreg.dispatch_table), len(extra))
-    if key != _table_key:
+    if _seen is None or _seen[0] != copyreg.dispatch_table or _seen[1] != extra:
         table = dict(copyreg.dispatch_table)
         table.update(extra)
-        _table, _table_key = table, key
+        _table, _seen = table, (dict(copyreg.dispatch_table), dict(extra))
     return _table
 
 
@@ -395,32 +395,36 @@ def dumps_call(
 class DeferredCall:
     """A call to pickle in the manager thread, as the stdlib's feeder thread does.
 
-    ``chunk``: it is a whole ``map`` chunk, which if it cannot be pickled fails
-    with ``UnpicklableChunk``, so that
-    the map sends its calls one by one instead and only the bad one fails.
+    ``chunk``: it is a whole ``map`` chunk, ``fn(user_fn, calls)``; if it cannot
+    be pickled as a whole, the manager sends its calls one by one instead, so
+    that only the call that cannot be pickled fails (see [`SplitChunk`][]).
+    ``single``: each of those calls is one argument, not a tuple of them.
     """
 
-    __slots__ = ("args", "chunk", "fn", "kwargs")
+    __slots__ = ("args", "chunk", "fn", "kwargs", "single")
 
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                 chunk: bool) -> None:
+                 chunk: bool, single: bool = False) -> None:
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
         self.chunk = chunk
+        self.single = single
 
 
-class UnpicklableChunk(Exception):
-    """A ``map`` chunk that could not be pickled as a whole (internal, never seen by users).
+class SplitChunk:
+    """The result of a ``map`` chunk that could not be pickled as a whole (internal).
 
-    The map that gets it sends the chunk's ``calls`` one by one instead, so that
-    only the call that cannot be pickled fails; ``error`` is the chunk's own error.
+    The manager thread queued its calls one by one instead, ahead of the rest:
+    ``futures`` are theirs, in order, and each resolves to its call's own
+    result or error, so only the call that cannot be pickled fails. The map's
+    iterator hands them out in the chunk's place.
     """
 
-    def __init__(self, calls: tuple[Any, ...], error: BaseException) -> None:
-        super().__init__(calls, error)
-        self.calls = calls
-        self.error = error
+    __slots__ = ("futures",)
+
+    def __init__(self, futures: list[Any]) -> None:
+        self.futures = futures
 
 
 #: A CallPickler is made anew after a call pickled bigger than this (see ``dumps``).

@@ -56,6 +56,21 @@ def test_a_reducer_registered_after_calls_were_pickled_is_used(make_pool):
         del copyreg.dispatch_table[mt.LateReduced]
 
 
+def test_a_reducer_replaced_after_calls_were_pickled_is_used(make_pool):
+    """Registering another reducer for a type already registered (the registry's size
+    unchanged) is taken up too, by submit and by map."""
+    pool = make_pool(1)
+    copyreg.pickle(mt.LateReduced, mt.reduce_late)
+    try:
+        assert pool.submit(mt.double, mt.LateReduced(2)).result(timeout=30) == 4
+        assert list(pool.map(mt.double, [mt.LateReduced(2)])) == [4]
+        copyreg.pickle(mt.LateReduced, mt.reduce_late_tripled)
+        assert pool.submit(mt.double, mt.LateReduced(2)).result(timeout=30) == 12
+        assert list(pool.map(mt.double, [mt.LateReduced(2)])) == [12]
+    finally:
+        del copyreg.dispatch_table[mt.LateReduced]
+
+
 def test_a_submit_while_a_call_is_being_pickled_gets_its_own_pickler(make_pool):
     pool = make_pool(2)
     mt.SubmitsWhenPickled.pool = pool

@@ -16,6 +16,7 @@ import re
 import sys
 import threading
 import time
+from concurrent.futures import CancelledError
 
 import pytest
 
@@ -151,3 +152,54 @@ def test_an_abandoned_map_reports_the_pickling_error_of_its_unsent_chunk(
     (record,) = found
     assert "PicklingError" in record.getMessage()
     assert "UnpicklableChunk" not in record.getMessage()
+
+
+def test_a_chunk_split_by_the_manager_runs_even_if_the_map_is_read_after_shutdown(make_pool):
+    """The calls of a chunk that cannot be pickled as a whole are queued by the manager
+    when it finds out, so reading the map only after ``shutdown()`` still gets the calls
+    before the bad one, then its PicklingError, as with a map read at once."""
+    pool = make_pool(1)
+    results = pool.map(hp.identity, [0, 1, threading.Lock(), 3, 4, 5], chunksize=3)
+    pool.shutdown(wait=True)
+    assert [next(results), next(results)] == [0, 1]
+    with pytest.raises(safepool.PicklingError) as info:
+        next(results)
+    assert info.value.what == "args[0]"
+    stats = pool.stats()
+    # The first chunk became its 3 calls: 0 and 1 ran, the lock failed; the second ran.
+    assert (stats.submitted, stats.completed, stats.failed) == (4, 3, 1)
+
+
+def test_a_timeout_fires_between_slow_pickles_of_a_map(make_pool):
+    """The manager pickles a map's calls; an argument slow to pickle holds up a timeout
+    by at most its own pickling, not by a whole round of calls (32 may be prefetched)."""
+    mt.SLOW_PICKLED.clear()
+    mt.PICKLED_WHEN_DONE.clear()
+    pool = make_pool(2)
+    list(pool.map(mt.double, range(200)))  # short tasks: prefetch is on
+    hung = pool.options(timeout=0.5).submit(time.sleep, 60)
+    hung.add_done_callback(mt.note_when_done)
+    results = pool.map(mt.double, [mt.SlowToPickle(i) for i in range(40)])
+    with pytest.raises(safepool.TaskTimeoutError):
+        hung.result(timeout=30)
+    assert list(results) == [2 * i for i in range(40)]
+    # 0.5 s of 0.1 s pickles: about 5 before the deadline (not the 33 of one round).
+    (pickled,) = mt.PICKLED_WHEN_DONE
+    assert pickled <= 15, mt.PICKLED_WHEN_DONE
+
+
+def test_a_chunk_split_while_the_pool_is_being_stopped_is_cancelled_not_lost(make_pool):
+    """The pool is stopped while the manager pickles a chunk, which then cannot be
+    pickled: its calls are cancelled, as the queue's were, and the stop completes
+    (they are not queued behind a stop that has already emptied the queue)."""
+    pool = make_pool(1)
+    mt.StopsThePoolThenFails.pool = pool
+    mt.StopsThePoolThenFails.STOPPER.clear()
+    results = pool.map(hp.identity, [0, mt.StopsThePoolThenFails(), 2], chunksize=3)
+    with pytest.raises(CancelledError):
+        next(results)
+    (stopper,) = mt.StopsThePoolThenFails.STOPPER
+    stopper.join(timeout=30)
+    assert not stopper.is_alive()
+    stats = pool.stats()
+    assert (stats.submitted, stats.cancelled) == (3, 3)

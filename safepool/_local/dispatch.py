@@ -68,11 +68,11 @@ class Dispatch(PoolState):
             return self._retry.popleft()
         while True:
             with self._lock:
-                if not self._pending:
+                if not self._pending or self._overdue(self._pending[0]):
                     return None
                 item = self._pending.popleft()
             if not item.future.start():  # a cancelled pending task never starts
-                self.counters.cancelled += 1
+                self._count_cancelled()
             elif item.call is None or self._pickled(item):
                 return item
 
@@ -89,12 +89,14 @@ class Dispatch(PoolState):
                 if not self._pending:
                     return None
                 head = self._pending[0]
+                if self._overdue(head):
+                    return None
                 if head.timeout is not None or (head.call is None
                                                 and len(head.payload) > _PREFETCH_PAYLOAD):
                     return None
                 self._pending.popleft()
             if not head.future.start():  # a cancelled pending task never starts
-                self.counters.cancelled += 1
+                self._count_cancelled()
             elif head.call is None:
                 return head
             elif self._pickled(head):
@@ -104,6 +106,13 @@ class Dispatch(PoolState):
                 # started task whose send failed waits (the queue's head was this one).
                 self._retry.appendleft(head)
                 return None
+
+    def _overdue(self, head: WorkItem) -> bool:
+        """Whether to end this dispatch round before pickling ``head``, a ``map`` call:
+        a deadline is due. Pickling runs the arguments' ``__reduce__``, which may be
+        slow; a timeout's kill then waits for one call's pickling, not a round's."""
+        return (head.call is not None and bool(self._deadlines)
+                and self._deadlines[0][0] <= time.monotonic())
 
     def _pickled(self, item: WorkItem) -> bool:
         """Pickle a started ``map`` call (``item.call``); False, with its future failed,
@@ -118,15 +127,45 @@ class Dispatch(PoolState):
         except BaseException as exc:  # a PicklingError naming the culprit; anything else too
             error = exc if isinstance(exc, PicklingError) else PicklingError(
                 "the call", type(call.fn).__qualname__, f"{type(exc).__qualname__} raised")
-        if call.chunk:  # the map sends its calls one by one, and counts each
-            with self._lock:
-                self.counters.submitted -= 1
-            chunk = call.args[1]  # the call is runner(fn, chunk)
-            _set_exception(item.future, _transport.UnpicklableChunk(chunk, error))
+        if call.chunk:
+            self._split(item, call)
         else:
-            self.counters.failed += 1
+            self._count_failed()
             _set_exception(item.future, error)
         return False
+
+    def _split(self, item: WorkItem, call: _transport.DeferredCall) -> None:
+        """A ``map`` chunk that cannot be pickled as a whole: queue its calls one by one,
+        first in line, and resolve its future with their futures (``SplitChunk``), so
+        that only the call that cannot be pickled fails. Done here, not by the map's
+        iterator: the calls are queued even if the map is read after ``shutdown()``."""
+        chunk = item.future
+        fn, calls = call.args  # the call is runner(fn, calls)
+        items = []
+        for one in calls:
+            future: SafeFuture[Any] = type(chunk)()
+            future._safepool = chunk._safepool
+            future._fn = fn
+            future._report_unretrieved = chunk._report_unretrieved
+            items.append(WorkItem(future, b"", item.timeout, call=_transport.DeferredCall(
+                fn, (one,) if call.single else one, {}, chunk=False)))
+        with self._lock:
+            self.counters.submitted += len(items) - 1  # the chunk becomes its calls
+            # Stopped or broken since the chunk was taken: its queue is emptied already,
+            # and its calls end now as the queue's tasks did.
+            broken, stopped = self._broken, self._stop_reason is not None
+            if broken is not None:
+                self.counters.failed += len(items)
+            elif stopped:
+                self.counters.cancelled += len(items)
+            else:
+                self._pending.extendleft(reversed(items))
+        for one in items:
+            if broken is not None:
+                _set_exception(one.future, broken())
+            elif stopped:
+                one.future.cancel()
+        _set_result(chunk, _transport.SplitChunk([i.future for i in items]))
 
     def _dispatch(self) -> None:
         """Send waiting tasks: one to each idle worker, then prefetch short ones.
@@ -277,13 +316,13 @@ class Dispatch(PoolState):
             if kind == _transport.OK:
                 self.counters.completed += 1
             else:
-                self.counters.failed += 1
+                self._count_failed()
             self._resolve(worker, _set_result, item.future, (kind, bytes(body), worker.pid))
         elif kind == _transport.OK:
             try:
                 value = pickle.loads(body)
             except BaseException as exc:  # even SystemExit: this thread gets no signals
-                self.counters.failed += 1
+                self._count_failed()
                 self._resolve(worker, _set_exception, item.future,
                               _transport.unloadable_result(exc))
             else:
@@ -293,7 +332,7 @@ class Dispatch(PoolState):
                 else:  # the common case, without _resolve's indirection
                     _set_result(item.future, value)
         else:
-            self.counters.failed += 1
+            self._count_failed()
             self._resolve(worker, _set_exception, item.future,
                           _transport.decode_error(body, worker.pid))
         self._after_task(worker, rss, note, seconds)

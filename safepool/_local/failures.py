@@ -105,9 +105,9 @@ class Failures(PoolState):
         self._retry.clear()
         for item in items:
             if item.future.cancelled():
-                self.counters.cancelled += 1
+                self._count_cancelled()
             else:
-                self.counters.failed += 1
+                self._count_failed()
             _set_exception(item.future, make_error())
 
     def _fail_everything(self, exc: BaseException) -> None:  # pragma: no cover - defensive

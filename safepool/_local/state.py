@@ -228,6 +228,16 @@ class PoolState:
     _lifeline_r: Connection
     _lifeline_w: Connection
 
+    # Caller threads add to counters.failed and .cancelled too (under _lock): the
+    # manager's own additions take it as well, or one of two at once could be lost.
+    def _count_failed(self) -> None:
+        with self._lock:
+            self.counters.failed += 1
+
+    def _count_cancelled(self) -> None:
+        with self._lock:
+            self.counters.cancelled += 1
+
     if TYPE_CHECKING:
         # The calls the parts make on one another (each is defined in one part).
 
