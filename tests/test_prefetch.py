@@ -139,16 +139,19 @@ def test_stopping_the_running_task_re_sends_those_waiting_behind_it(make_pool, f
     assert pool.stats().stopped == 1
 
 
-def test_a_recycled_worker_is_replaced_while_its_last_task_runs(make_pool, fifo, gate):
+@pytest.mark.parametrize("spares", [0, 1])
+def test_a_recycled_worker_is_replaced_while_its_last_task_runs(make_pool, fifo, gate, spares):
     # No resources, no initializer: the replacement need not wait for the old worker to
     # exit. It starts at once, but takes work only once the last task is done: with
-    # max_workers=1, tasks still run one at a time.
-    pool = make_pool(1, max_tasks_per_child=1)
+    # max_workers=1, tasks still run one at a time. A spare, started with the first
+    # task, is there beside them (the counts below hold until the gate opens).
+    pool = make_pool(1, max_tasks_per_child=1, spare_workers=spares)
     head = pool.submit(pt.note_then_wait, fifo.path, "head", gate)
     tag, pid = fifo.line().split()
+    _wait_until(lambda: len(pool._processes) == 1 + spares, "the first worker (and spare)")
     following = pool.submit(pt.note, fifo.path, "next")
-    _wait_until(lambda: len(pool._processes) == 2, "the replacement has started")
-    _wait_until(lambda: any(w.state == "idle" for w in pool.stats().workers),
+    _wait_until(lambda: len(pool._processes) == 2 + spares, "the replacement has started")
+    _wait_until(lambda: sum(w.state == "idle" for w in pool.stats().workers) == 1 + spares,
                 "the replacement is ready")
     assert not head.done()  # the first worker's last task is still running...
     assert fifo.pending() == ""  # ...and the next task waits for it

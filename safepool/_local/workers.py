@@ -70,8 +70,8 @@ class Lifecycle(PoolState):
         is being killed) does not hold its place: its replacement starts at
         once, so recycling and timeouts cost no idle time; it takes work once
         its predecessor's last task is done (``_dispatch``). At most twice
-        max_workers processes exist even then, and never more than max_workers
-        tasks run at once.
+        max_workers processes exist even then (plus the spares), and never more
+        than max_workers tasks run at once.
 
         Spare workers (``spare_workers``) are started beyond what waiting work
         needs and kept ready, up to max_workers + spares processes taking work:
