@@ -68,7 +68,7 @@ class Dispatch(PoolState):
             return self._retry.popleft()
         while True:
             with self._lock:
-                if not self._pending or self._overdue(self._pending[0]):
+                if not self._pending or (self._deadlines and self._overdue(self._pending[0])):
                     return None
                 item = self._pending.popleft()
             if not item.future.start():  # a cancelled pending task never starts
@@ -89,7 +89,7 @@ class Dispatch(PoolState):
                 if not self._pending:
                     return None
                 head = self._pending[0]
-                if self._overdue(head):
+                if self._deadlines and self._overdue(head):
                     return None
                 if head.timeout is not None or (head.call is None
                                                 and len(head.payload) > _PREFETCH_PAYLOAD):
@@ -111,8 +111,7 @@ class Dispatch(PoolState):
         """Whether to end this dispatch round before pickling ``head``, a ``map`` call:
         a deadline is due. Pickling runs the arguments' ``__reduce__``, which may be
         slow; a timeout's kill then waits for one call's pickling, not a round's."""
-        return (head.call is not None and bool(self._deadlines)
-                and self._deadlines[0][0] <= time.monotonic())
+        return head.call is not None and self._deadlines[0][0] <= time.monotonic()
 
     def _pickled(self, item: WorkItem) -> bool:
         """Pickle a started ``map`` call (``item.call``); False, with its future failed,
