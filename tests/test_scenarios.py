@@ -7,7 +7,6 @@ import collections
 import threading
 from concurrent.futures import CancelledError
 
-import psutil
 import pytest
 
 import safepool
@@ -181,9 +180,8 @@ def test_stopped_task_stats_and_no_orphans(make_pool, fifo):
     pool.stop_task(future)
     with pytest.raises((safepool.TaskStoppedError, CancelledError)):
         future.result(timeout=30)
+    # Gone, or a zombie (reaped by nobody yet): wait_gone asks each without a race.
     assert wait_gone(tree, timeout=5) == []
-    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-                   for p in tree)
 
 
 def test_work_queued_at_shutdown_is_drained_by_the_same_workers(make_pool):
