@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from safepool._map import Submitted, Submitter
+from safepool._map import Submitted, Submitter, with_split_calls
 from safepool._transport import SplitChunk
 
 if TYPE_CHECKING:
@@ -197,7 +197,7 @@ def map_results_async(
             if bar is not None:
                 bar.close()
             if not finished:
-                left = list(current) + _futures_of(pending)
+                left = with_split_calls(current) + _futures_of(pending)
                 pending.clear()
                 await stop_all(stop_task, left)
 
@@ -205,10 +205,11 @@ def map_results_async(
 
 
 def _futures_of(pending: Iterable[Submitted]) -> list[cf.Future[Any]]:
+    """Every future in ``pending``, with the calls of chunks the manager split."""
     left: list[cf.Future[Any]] = []
     for head in pending:
         left.extend(head if isinstance(head, list) else (head,))
-    return left
+    return with_split_calls(left)
 
 
 class AsyncMapIterator(AsyncIterator[Any]):

@@ -200,7 +200,7 @@ class MapIterator(Iterator[Any]):
             self._split.popleft().cancel()
         while self._pending:
             head = self._pending.popleft()
-            for future in head if isinstance(head, list) else (head,):
+            for future in with_split_calls(head if isinstance(head, list) else (head,)):
                 future.cancel()
         if self._bar is not None:
             self._bar.close()
@@ -219,6 +219,29 @@ class FlatMapIterator(itertools.chain):  # type: ignore[type-arg]
 
 
 _END: Any = object()
+
+
+def with_split_calls(futures: Iterable[Future[Any]]) -> list[Future[Any]]:
+    """``futures``, each followed by its calls' futures if it is a chunk the manager split
+    (its result a ``SplitChunk``): so that stopping a map stops those calls too, which
+    are queued in the pool, not in the map. A chunk still running (being pickled, or
+    in a worker) gets a done-callback that cancels its calls if it is split after all."""
+    out: list[Future[Any]] = []
+    for future in futures:
+        out.append(future)
+        split = getattr(future, "_result", None)  # not result(): it may be running
+        if type(split) is SplitChunk:
+            out += split.futures
+        elif not future.done():
+            future.add_done_callback(_cancel_split_calls)
+    return out
+
+
+def _cancel_split_calls(future: Future[Any]) -> None:
+    split = getattr(future, "_result", None)
+    if type(split) is SplitChunk:
+        for one in split.futures:
+            one.cancel()
 
 
 def _result_or_cancel(future: Future[Any], deadline: float | None) -> Any:

@@ -289,9 +289,10 @@ def _dispatch_table() -> dict[Any, Any]:
     global _table, _seen
     extra: dict[Any, Any] = getattr(ForkingPickler, "_extra_reducers", {})
     if _seen is None or _seen[0] != copyreg.dispatch_table or _seen[1] != extra:
-        table = dict(copyreg.dispatch_table)
-        table.update(extra)
-        _table, _seen = table, (dict(copyreg.dispatch_table), dict(extra))
+        # One copy of each, for the table and for the comparison: a reducer registered
+        # by another thread meanwhile is then either in both or noticed next time.
+        registered, forking = dict(copyreg.dispatch_table), dict(extra)
+        _table, _seen = {**registered, **forking}, (registered, forking)
     return _table
 
 

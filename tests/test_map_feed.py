@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import re
 import sys
 import threading
@@ -25,6 +26,7 @@ from safepool import _progress
 from safepool._context import THREAD_PREFIX
 from tests import hostile_pickles as hp
 from tests import map_feed_tasks as mt
+from tests import prefetch_tasks as pt
 
 
 @pytest.fixture(autouse=True)
@@ -203,3 +205,69 @@ def test_a_chunk_split_while_the_pool_is_being_stopped_is_cancelled_not_lost(mak
     assert not stopper.is_alive()
     stats = pool.stats()
     assert (stats.submitted, stats.cancelled) == (3, 3)
+
+
+@pytest.fixture
+def gate(tmp_path):
+    path = str(tmp_path / "gate")
+    os.mkfifo(path)
+    return path
+
+
+def _open_gate(gate: str) -> None:
+    fd = os.open(gate, os.O_WRONLY)  # blocks until the task has it open
+    try:
+        os.write(fd, b"x")
+    finally:
+        os.close(fd)
+
+
+def _split_chunk_with_two_calls_queued(pool, fifo, gate, lock):
+    """A map whose first chunk the manager splits: its first call runs (held at ``gate``),
+    the lock fails to pickle, and two calls wait in the pool's queue."""
+    tags = ["first", lock, "third", "fourth"]
+    return [fifo.path] * 4, tags, [gate] * 4
+
+
+@pytest.mark.parametrize("how", ["close", "timeout"])
+def test_stopping_a_map_cancels_the_queued_calls_of_a_split_chunk(make_pool, fifo, gate, how):
+    """The calls of a chunk the manager split wait in the pool's queue, not in the map:
+    closing the map (or its timeout) cancels them too, as it cancels its unsent chunks."""
+    pool = make_pool(1)
+    args = _split_chunk_with_two_calls_queued(pool, fifo, gate, threading.Lock())
+    results = pool.map(pt.note_then_wait, *args, chunksize=4,
+                       timeout=0.5 if how == "timeout" else None)
+    assert fifo.line().split()[0] == "first"  # split: its first call is running
+    if how == "close":
+        results.close()
+    else:
+        with pytest.raises(TimeoutError):
+            list(results)
+    _open_gate(gate)
+    pool.shutdown(wait=True)
+    assert fifo.pending() == ""  # neither "third" nor "fourth" ran
+    stats = pool.stats()
+    assert (stats.submitted, stats.completed, stats.cancelled) == (4, 1, 3)
+
+
+def test_closing_a_map_async_cancels_the_queued_calls_of_a_split_chunk(make_pool, fifo, gate):
+    pool = make_pool(1)
+    args = _split_chunk_with_two_calls_queued(pool, fifo, gate, threading.Lock())
+
+    async def read_then_close() -> None:
+        results = pool.map_async(pt.note_then_wait, *args, chunksize=4)
+        await results.__anext__()  # waits for "first", which waits for the gate
+    async def main() -> None:
+        task = asyncio.ensure_future(read_then_close())
+        line = await asyncio.to_thread(fifo.line)
+        assert line.split()[0] == "first"
+        task.cancel()  # the iteration ends: what is left is cancelled or stopped
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    pool.shutdown(wait=True)
+    assert fifo.pending() == ""
+    stats = pool.stats()
+    # "first" was stopped (its worker killed), the three queued were cancelled.
+    assert (stats.submitted, stats.stopped, stats.cancelled) == (4, 1, 3)

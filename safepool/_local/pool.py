@@ -228,8 +228,8 @@ class Pool(Dispatch, Lifecycle, Deadlines, Stopping, Failures):
         For ``map``: the caller's thread only queues the calls, and the first one
         starts while the rest are still being queued. A call that cannot be
         pickled fails its future with the [`PicklingError`][safepool.PicklingError]
-        (a chunk with ``UnpicklableChunk``); raises as ``submit`` does if the pool
-        accepts no work.
+        (a chunk is split into its calls instead: ``Dispatch._split``); raises as
+        ``submit`` does if the pool accepts no work.
         """
         self._queue([WorkItem(future, b"", timeout, call=call) for future, call in calls])
 
