@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from concurrent.futures import CancelledError
+from concurrent.futures import TimeoutError as FuturesTimeout
 
 import pytest
 
@@ -241,7 +242,7 @@ def test_stopping_a_map_cancels_the_queued_calls_of_a_split_chunk(make_pool, fif
     if how == "close":
         results.close()
     else:
-        with pytest.raises(TimeoutError):
+        with pytest.raises(FuturesTimeout):  # not the builtin before 3.11
             list(results)
     _open_gate(gate)
     pool.shutdown(wait=True)
