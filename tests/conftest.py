@@ -180,6 +180,23 @@ def method(request):
 
 
 @pytest.fixture
+def gate(tmp_path):
+    """A named pipe a task waits on (``prefetch_tasks._wait``) until ``open_gate`` writes."""
+    path = str(tmp_path / "gate")
+    os.mkfifo(path)
+    return path
+
+
+def open_gate(gate: str) -> None:
+    """Let the task waiting on ``gate`` go on."""
+    fd = os.open(gate, os.O_WRONLY)  # blocks until the task has it open
+    try:
+        os.write(fd, b"x")
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
 def make_pool(method):
     """Build executors for the parametrized start method; shut them all down afterwards."""
     pools = []

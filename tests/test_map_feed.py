@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import re
 import sys
 import threading
@@ -28,6 +27,7 @@ from safepool._context import THREAD_PREFIX
 from tests import hostile_pickles as hp
 from tests import map_feed_tasks as mt
 from tests import prefetch_tasks as pt
+from tests.conftest import open_gate
 
 
 @pytest.fixture(autouse=True)
@@ -208,21 +208,6 @@ def test_a_chunk_split_while_the_pool_is_being_stopped_is_cancelled_not_lost(mak
     assert (stats.submitted, stats.cancelled) == (3, 3)
 
 
-@pytest.fixture
-def gate(tmp_path):
-    path = str(tmp_path / "gate")
-    os.mkfifo(path)
-    return path
-
-
-def _open_gate(gate: str) -> None:
-    fd = os.open(gate, os.O_WRONLY)  # blocks until the task has it open
-    try:
-        os.write(fd, b"x")
-    finally:
-        os.close(fd)
-
-
 def _split_chunk_with_two_calls_queued(pool, fifo, gate, lock):
     """A map whose first chunk the manager splits: its first call runs (held at ``gate``),
     the lock fails to pickle, and two calls wait in the pool's queue."""
@@ -244,7 +229,7 @@ def test_stopping_a_map_cancels_the_queued_calls_of_a_split_chunk(make_pool, fif
     else:
         with pytest.raises(FuturesTimeout):  # not the builtin before 3.11
             list(results)
-    _open_gate(gate)
+    open_gate(gate)
     pool.shutdown(wait=True)
     assert fifo.pending() == ""  # neither "third" nor "fourth" ran
     stats = pool.stats()

@@ -10,7 +10,6 @@ checked from the worker side.
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
@@ -18,25 +17,11 @@ import pytest
 import safepool
 from tests import prefetch_tasks as pt
 from tests import tasks
+from tests.conftest import open_gate
 
 pytestmark = pytest.mark.timeout(60)
 
 TAGS = [f"t{i}" for i in range(10)]
-
-
-@pytest.fixture
-def gate(tmp_path):
-    path = str(tmp_path / "gate")
-    os.mkfifo(path)
-    return path
-
-
-def _open_gate(gate: str) -> None:
-    fd = os.open(gate, os.O_WRONLY)  # blocks until the task has it open
-    try:
-        os.write(fd, b"x")
-    finally:
-        os.close(fd)
 
 
 def _waiting_in_pipe(pool: safepool.Executor) -> int:
@@ -80,7 +65,7 @@ def test_tasks_waiting_behind_a_crash_run_once_elsewhere(make_pool, fifo, gate):
     pool = make_pool(1)
     head, pid = _hold_one_worker(pool, fifo, gate, pt.note_then_die)
     futures = _submit_waiting(pool, fifo)
-    _open_gate(gate)  # the head kills its own worker
+    open_gate(gate)  # the head kills its own worker
     with pytest.raises(safepool.WorkerCrashedError, match=str(pid)):
         head.result(timeout=30)
     assert [f.result(timeout=30) for f in futures] == TAGS
@@ -96,7 +81,7 @@ def test_tasks_waiting_behind_a_poisoned_task_never_run_on_that_worker(make_pool
     pool = make_pool(1)
     head, pid = _hold_one_worker(pool, fifo, gate, pt.note_then_poison)
     futures = _submit_waiting(pool, fifo)
-    _open_gate(gate)
+    open_gate(gate)
     assert head.result(timeout=30) == "head"
     assert [f.result(timeout=30) for f in futures] == TAGS
     seen = _starts(fifo, len(TAGS))
@@ -113,7 +98,7 @@ def test_stopping_a_waiting_task_skips_it_and_keeps_the_worker(make_pool, fifo, 
     assert pool.stop_task(stopped) is True
     with pytest.raises(safepool.TaskStoppedError):
         stopped.result(timeout=0)  # failed at once, before the worker got to it
-    _open_gate(gate)
+    open_gate(gate)
     assert head.result(timeout=30) == "head"
     others = [f for f in futures if f is not stopped]
     assert [f.result(timeout=30) for f in others] == [t for t in TAGS if t != TAGS[3]]
@@ -155,7 +140,7 @@ def test_a_recycled_worker_is_replaced_while_its_last_task_runs(make_pool, fifo,
                 "the replacement is ready")
     assert not head.done()  # the first worker's last task is still running...
     assert fifo.pending() == ""  # ...and the next task waits for it
-    _open_gate(gate)
+    open_gate(gate)
     assert head.result(timeout=30) == "head"
     assert following.result(timeout=30) == "next"
     tag, next_pid = fifo.line().split()

@@ -159,10 +159,11 @@ class Dispatch(PoolState):
                 self.counters.cancelled += len(items)
             else:
                 self._pending.extendleft(reversed(items))
-        for one in items:
-            if broken is not None:
+        if broken is not None:
+            for one in items:
                 _set_exception(one.future, broken())
-            elif stopped:
+        elif stopped:
+            for one in items:
                 one.future.cancel()
         _set_result(chunk, _transport.SplitChunk([i.future for i in items]))
 
