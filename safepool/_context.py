@@ -7,13 +7,18 @@ process-wide default unset for the application and for other libraries.
 
 from __future__ import annotations
 
-import multiprocessing
 import sys
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
-from multiprocessing.context import BaseContext
 from types import ModuleType
+
+# multiprocessing is imported where it is used: a worker imports this module (for
+# THREAD_PREFIX, through the logging bridge) and, started by safepool's own spawn,
+# should not pay for multiprocessing it may never use (``_spawnchild``).
+TYPE_CHECKING = False  # not typing's, for the same reason
+if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
 
 __all__ = [
     "default_start_method",
@@ -26,6 +31,9 @@ __all__ = [
 THREAD_PREFIX = "safepool-"
 #: What a worker runs: imported once in the forkserver, so a new worker starts with it loaded.
 WORKER_MODULE = "safepool._worker"
+#: The logging bridge, and logging: a worker imports them only if a task logs (see
+#: ``_worker``), but a forkserver loads them once for all the workers it forks.
+BRIDGE_MODULE = "safepool._logbridge"
 #: The rest of safepool (with pebble and psutil): preloaded too when workers will need it.
 EXECUTOR_MODULE = "safepool._executor"
 #: Modules a worker imports anyway; a main module that uses only these needs no more.
@@ -40,6 +48,8 @@ def default_start_method() -> str:
     one), as Python 3.14+ chooses its own default (gh-155717)."""
     if sys.platform == "darwin" or sys.platform == "win32":
         return "spawn"
+    import multiprocessing
+
     if "forkserver" in multiprocessing.get_all_start_methods() and _temp_dir_writable():
         return "forkserver"
     return "spawn"
@@ -63,6 +73,8 @@ def resolve_context(mp_context: BaseContext | str | None) -> BaseContext:
         ValueError: for a start-method name this platform does not have.
         TypeError: for anything that is neither a context nor a string.
     """
+    import multiprocessing
+
     if mp_context is None:
         return multiprocessing.get_context(default_start_method())
     if isinstance(mp_context, str):
@@ -93,7 +105,9 @@ def keep_global_start_method_unset() -> Iterator[None]:
     raise "context has already been set". If the default was unset before the
     start, it is unset again afterwards.
     """
-    default = multiprocessing.context._default_context
+    from multiprocessing import context
+
+    default = context._default_context
     was_unset = default.get_start_method(allow_none=True) is None
     try:
         yield
@@ -120,7 +134,9 @@ def preload_in_forkserver(context: BaseContext) -> None:
 
     server = getattr(forkserver, "_forkserver", None)
     modules = list(getattr(server, "_preload_modules", None) or [])
-    wanted = [WORKER_MODULE, EXECUTOR_MODULE] if _workers_need_executor() else [WORKER_MODULE]
+    wanted = [WORKER_MODULE, BRIDGE_MODULE]
+    if _workers_need_executor():
+        wanted.append(EXECUTOR_MODULE)
     missing = [m for m in wanted if m not in modules]
     if not missing:
         return

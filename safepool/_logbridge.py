@@ -39,48 +39,21 @@ import pickle
 import queue
 import sys
 import threading
-from collections.abc import Callable
-from typing import Any
 
 from safepool._context import THREAD_PREFIX
-from safepool._transport import LOG, message
+from safepool._transport import LOG, BridgeConfig, message
 
-__all__ = ["BridgeConfig", "LogDispatcher", "bridge_config", "install_bridge"]
+TYPE_CHECKING = False  # not typing's: a worker imports this module once it logs
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+__all__ = ["LogDispatcher", "bridge_config", "install_bridge"]
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _internal = logging.getLogger("safepool")
 #: Loaded means the application uses OpenTelemetry (``_tracing`` is imported only then).
 _OTEL_TRACE = "opentelemetry.trace"
-
-
-class BridgeConfig:
-    """What a worker needs to forward the records the parent wants (picklable).
-
-    A plain class, not a dataclass: ``dataclasses`` imports ``inspect``, which
-    would add milliseconds to every worker's start under spawn.
-    """
-
-    __slots__ = ("disable", "levels", "root_level")
-
-    def __init__(
-        self, root_level: int, levels: dict[str, int] | None = None,
-        disable: int = logging.NOTSET,
-    ) -> None:
-        self.root_level = root_level
-        self.levels: dict[str, int] = levels if levels is not None else {}
-        self.disable = disable
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, BridgeConfig):
-            return NotImplemented
-        return (self.root_level, self.levels, self.disable) == (
-            other.root_level, other.levels, other.disable)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return (f"BridgeConfig(root_level={self.root_level!r}, levels={self.levels!r}, "
-                f"disable={self.disable!r})")
 
 
 def bridge_config(target: logging.Logger | None) -> BridgeConfig:
@@ -124,6 +97,12 @@ class _BridgeHandler(logging.Handler):
 
 def _encode(record: logging.LogRecord, formatter: logging.Formatter) -> bytes:
     data = dict(record.__dict__)
+    if data.get("processName") == "MainProcess" and "multiprocessing" not in sys.modules:
+        # Started by safepool's own spawn: logging asks multiprocessing for the
+        # process's name, and multiprocessing is not loaded.
+        from safepool._spawnchild import process_name
+
+        data["processName"] = process_name()
     if _OTEL_TRACE in sys.modules:  # the ids of the span it was logged in (see _tracing)
         from safepool._tracing import add_log_fields
 

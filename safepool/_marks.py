@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import mmap
 import os
-from multiprocessing.reduction import DupFd
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: a worker imports this module (see _worker)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Marks"]
 
@@ -60,6 +62,8 @@ class Marks:
     def __reduce__(self) -> tuple[Any, ...]:
         if self._fd is None:
             raise TypeError("Marks cross to a worker only as it starts")
+        from multiprocessing.reduction import DupFd  # the parent's side only
+
         return (Marks._attach, (len(self._map), DupFd(self._fd)))
 
     def sent(self) -> None:

@@ -7,15 +7,16 @@ ask for the worker to be recycled after the current task.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterator
-from typing import Any
+# A worker imports this module whether or not it has resources: what only
+# resources need (logging, the declarations, typing) is imported when used.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import Any
 
-from safepool._resources import Outcome, Resource
+    from safepool._resources import Resource
 
 __all__ = ["WorkerResources", "poison_worker", "resource"]
-
-_log = logging.getLogger("safepool")
 
 #: The resources of the worker this process is, by name (empty outside workers).
 _values: dict[str, Any] = {}
@@ -64,6 +65,12 @@ def poison_worker(reason: str = "poison_worker() was called") -> None:
     """
     if _in_worker:
         _poison.append(reason)
+
+
+def _log() -> Any:
+    import logging
+
+    return logging.getLogger("safepool")
 
 
 class WorkerResources:
@@ -116,7 +123,7 @@ class WorkerResources:
             try:
                 finish()
             except Exception:
-                _log.exception("teardown of safepool resource %r failed", name)
+                _log().exception("teardown of safepool resource %r failed", name)
             _values.pop(name, None)
 
     def before_task(self) -> None:
@@ -128,18 +135,21 @@ class WorkerResources:
                 _poison.append(f"the before hook of resource {res.name!r} failed: {exc!r}")
                 raise
 
-    def after_task(self, outcome: Outcome) -> None:
-        """Run every ``after`` hook, in reverse order.
+    def after_task(self, result: Any = None, exception: BaseException | None = None) -> None:
+        """Run every ``after`` hook, in reverse order, with the task's ``Outcome``.
 
         A failing hook poisons the worker; it never changes the task's outcome.
         """
-        if outcome.exception is not None:
-            self.check_poison(outcome.exception)
+        from safepool._resources import Outcome
+
+        outcome = Outcome(result=result, exception=exception)
+        if exception is not None:
+            self.check_poison(exception)
         for res, hook in self._after:
             try:
                 hook(_values[res.name], outcome)
             except Exception as exc:
-                _log.exception("the after hook of safepool resource %r failed", res.name)
+                _log().exception("the after hook of safepool resource %r failed", res.name)
                 _poison.append(f"the after hook of resource {res.name!r} failed: {exc!r}")
 
     def check_poison(self, exc: BaseException) -> None:

@@ -46,19 +46,20 @@ import io
 import os
 import pickle
 import struct
+import sys
 import threading
-import traceback
 from collections import deque
-from collections.abc import Callable, Mapping
-from multiprocessing.reduction import ForkingPickler
-from typing import TYPE_CHECKING, Any
 
+# The error types and the pickling diagnostics (``_errors``, ``_pickling``), and
+# traceback, are imported where they are needed, not here: a worker imports this
+# module on its way to running its first task, and those are for when something
+# fails. Neither is typing (about 10% of a spawned worker's start).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from safepool._errors import PicklingError
+    from collections.abc import Callable, Mapping
+    from typing import Any, Protocol
 
-# The error types and the pickling diagnostics (``_errors``, ``_pickling``) are
-# imported where they are needed, not here: a worker imports this module on
-# its way to running its first task, and those are for when something fails.
+    from safepool._errors import PicklingError
 
 __all__ = [
     "ERR",
@@ -71,12 +72,14 @@ __all__ = [
     "READY",
     "SETUP_ERR",
     "SKIPPED",
+    "BridgeConfig",
     "CallPickler",
     "DeferredCall",
     "FrameReader",
     "Message",
     "OutOfBandCall",
     "Payload",
+    "PipeEnd",
     "SplitChunk",
     "check_initargs",
     "decode_error",
@@ -274,6 +277,96 @@ class FrameReader:
         return self._ready.popleft()
 
 
+
+class BridgeConfig:
+    """What a worker needs to forward the records the parent wants (``_logbridge``).
+
+    It is here, not in ``_logbridge``, so that a worker unpickles it without
+    importing logging, which it imports only if a task uses it.
+
+    A plain class, not a dataclass: ``dataclasses`` imports ``inspect``, which
+    would add milliseconds to every worker's start under spawn.
+    """
+
+    __slots__ = ("disable", "levels", "root_level")
+
+    def __init__(
+        self, root_level: int, levels: dict[str, int] | None = None,
+        disable: int = 0,  # logging.NOTSET
+    ) -> None:
+        self.root_level = root_level
+        self.levels: dict[str, int] = levels if levels is not None else {}
+        self.disable = disable
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BridgeConfig):
+            return NotImplemented
+        return (self.root_level, self.levels, self.disable) == (
+            other.root_level, other.levels, other.disable)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"BridgeConfig(root_level={self.root_level!r}, levels={self.levels!r}, "
+                f"disable={self.disable!r})")
+
+
+if TYPE_CHECKING:
+    class WorkerPipe(Protocol):
+        """What a worker needs of its end of a pipe: a ``Connection``, or a [`PipeEnd`][]."""
+
+        def fileno(self) -> int: ...
+        def send_bytes(self, data: bytes) -> None: ...
+        def recv_bytes(self) -> bytes: ...
+
+
+class PipeEnd:
+    """A worker's end of a pipe as a bare descriptor, with a ``Connection``'s framing.
+
+    Under safepool's own spawn (``_spawnchild``) a worker gets these instead of
+    ``Connection`` objects, which would import ``multiprocessing.connection``
+    (and most of multiprocessing) in the new process. In the parent it wraps
+    the descriptor of a ``Connection`` it does not own, to send it.
+    """
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from multiprocessing.reduction import DupFd  # the parent's side only
+
+        return (_pipe_end, (DupFd(self._fd),))
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def send_bytes(self, data: bytes) -> None:
+        write_all(self._fd, frame(data))
+
+    def recv_bytes(self) -> bytes:
+        """The next message (blocking); ``EOFError`` once the other end is closed.
+        It reads no further than the message's end."""
+        (size,) = _LENGTH.unpack(self._read(4))
+        if size == -1:
+            (size,) = _LONG_LENGTH.unpack(self._read(8))
+        return self._read(size)
+
+    def _read(self, size: int) -> bytes:
+        parts, left = [], size
+        while left:
+            data = os.read(self._fd, left)
+            if not data:
+                raise EOFError
+            parts.append(data)
+            left -= len(data)
+        return b"".join(parts)
+
+
+def _pipe_end(passed: Any) -> PipeEnd:
+    return PipeEnd(passed.detach())
+
 _table: dict[Any, Any] = {}
 _seen: tuple[dict[Any, Any], dict[Any, Any]] | None = None  # the registries it was made of
 
@@ -287,7 +380,12 @@ def _dispatch_table() -> dict[Any, Any]:
     the comparison is by identity first, a fraction of a microsecond).
     """
     global _table, _seen
-    extra: dict[Any, Any] = getattr(ForkingPickler, "_extra_reducers", {})
+    # multiprocessing's reducers exist once it is imported: a worker started by
+    # safepool's own spawn imports it only if a task uses it (``_spawnchild``).
+    reduction = sys.modules.get("multiprocessing.reduction")
+    extra: dict[Any, Any] = (
+        getattr(reduction.ForkingPickler, "_extra_reducers", {}) if reduction else {}
+    )
     if _seen is None or _seen[0] != copyreg.dispatch_table or _seen[1] != extra:
         # One copy of each, for the table and for the comparison: a reducer registered
         # by another thread meanwhile is then either in both or noticed next time.
@@ -576,6 +674,8 @@ def encode_error(
     type_name = _type_name(exc)
     if tb_text is None:
         try:
+            import traceback
+
             tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         except BaseException:  # a __str__ that raises even SystemExit
             tb_text = f"{type_name} (its traceback could not be formatted)\n"

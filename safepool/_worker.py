@@ -8,7 +8,8 @@ A worker:
    its own session, so the terminal's Ctrl-C does not reach it or its children
    and the parent can signal the whole group at once;
 2. forwards its log records to the parent (``_logbridge``), unless the
-   executor was made with ``worker_logs=False``;
+   executor was made with ``worker_logs=False``, from when logging is first
+   imported (a worker whose tasks never log never imports it);
 3. watches a *lifeline* pipe on a small thread: the parent never writes to it,
    so EOF means the parent died, and the worker kills its process tree and
    exits at once, even in the middle of a task;
@@ -38,16 +39,23 @@ import runpy  # noqa: F401
 import signal
 import threading
 import time
-import traceback
-from collections.abc import Callable, Iterable, Sequence
-from multiprocessing.connection import Connection
-from typing import Any
 
 from safepool import _transport
-from safepool._logbridge import BridgeConfig, install_bridge
+from safepool._importhooks import after_import
 from safepool._marks import Marks
 from safepool._resource_runtime import WorkerResources, enter_worker, take_poison
-from safepool._resources import Outcome, Resource
+
+# Only what every task needs is imported at the top: under spawn, each import
+# is paid again by every new worker (``typing`` alone adds about 10% to a
+# worker's start), so ``traceback`` waits for the first error.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+    from types import ModuleType
+    from typing import Any
+
+    from safepool._resources import Resource
+    from safepool._transport import BridgeConfig, WorkerPipe
 
 __all__ = ["run_chunk", "run_chunk_single", "worker_main"]
 
@@ -97,7 +105,7 @@ def _kill_own_tree() -> None:
 class _Sender:
     """Sends whole messages to the parent, one thread at a time."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: WorkerPipe) -> None:
         self._conn = conn
         self._lock = threading.Lock()
 
@@ -106,7 +114,22 @@ class _Sender:
             self._conn.send_bytes(data)
 
 
-def _watch_lifeline(lifeline: Connection) -> None:
+def _forward_logs(send: Callable[[bytes], None], config: BridgeConfig) -> None:
+    """Forward log records to the parent, from when logging is imported (now, if it is).
+
+    Until a task or a library imports logging nothing can be logged, so a
+    worker that never logs never pays for importing it.
+    """
+
+    def install(_logging: ModuleType) -> None:
+        from safepool._logbridge import install_bridge
+
+        install_bridge(send, config)
+
+    after_import("logging", install)
+
+
+def _watch_lifeline(lifeline: WorkerPipe) -> None:
     def watch() -> None:
         try:
             lifeline.recv_bytes()
@@ -118,8 +141,8 @@ def _watch_lifeline(lifeline: Connection) -> None:
 
 
 def worker_main(
-    conn: Connection,
-    lifeline: Connection,
+    conn: WorkerPipe,
+    lifeline: WorkerPipe,
     inherited_fds: Iterable[int],
     initializer: Callable[..., object] | None,
     initargs: tuple[Any, ...],
@@ -139,7 +162,7 @@ def worker_main(
             pass
     send = _Sender(conn)
     if log_config is not None:
-        install_bridge(send, log_config)
+        _forward_logs(send, log_config)
     _watch_lifeline(lifeline)
 
     if initializer is not None:
@@ -165,7 +188,7 @@ def worker_main(
 
 
 def _serve(
-    conn: Connection,
+    conn: WorkerPipe,
     send: Callable[[bytes], None],
     runtime: WorkerResources | None,
     max_memory: int | None,
@@ -233,10 +256,12 @@ def _run_task(
         result = fn(*args, **kwargs)
     except BaseException as exc:
         if runtime is not None:
-            runtime.after_task(Outcome(exception=exc))
+            runtime.after_task(exception=exc)
         tb = exc.__traceback__
         # Start the child traceback at the task's own frame, not at this one.
         try:
+            import traceback
+
             tb_text = "".join(
                 traceback.format_exception(type(exc), exc, tb.tb_next if tb else None)
             )
@@ -248,7 +273,7 @@ def _run_task(
                                         tb_text=tb_text)
         return reply, rss, poison
     if runtime is not None:
-        runtime.after_task(Outcome(result=result))
+        runtime.after_task(result=result)
     rss, poison = rss_of(), take_poison()
     seconds = time.perf_counter() - began
     return _transport.encode_result(result, rss=rss, seconds=seconds, note=poison), rss, poison

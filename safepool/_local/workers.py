@@ -20,6 +20,7 @@ from safepool import _transport
 from safepool._context import keep_global_start_method_unset, preload_in_forkserver
 from safepool._errors import InitializerError, WorkerCrashedError, describe_exitcode
 from safepool._local.deadlines import _EXIT_WAIT, _IDLE, _KILL, _START
+from safepool._local.spawn import worker_context
 from safepool._local.state import (
     BUSY,
     IDLE,
@@ -107,14 +108,22 @@ class Lifecycle(PoolState):
             inherited = [self._lifeline_w.fileno(), self._wake_r, self._wake_w,
                          parent_conn.fileno()]
         marks = Marks(1 + _transport.MARK_SLOTS)
+        context = worker_context(self.context)
+        worker_pipe: _transport.WorkerPipe = child_conn
+        lifeline: _transport.WorkerPipe = self._lifeline_r
+        if context is None:
+            context = self.context
+        else:  # the child gets bare pipes: it does not import multiprocessing for them
+            worker_pipe = _transport.PipeEnd(child_conn.fileno())
+            lifeline = _transport.PipeEnd(self._lifeline_r.fileno())
         try:
             preload_in_forkserver(self.context)
             _block_sigint_for_children(self.context)
             log_config = bridge_config(self._log_target) if self._logs is not None else None
             with keep_global_start_method_unset():
                 process = start_process(
-                    self.context, "safepool-worker", worker_main,
-                    child_conn, self._lifeline_r, inherited,
+                    context, "safepool-worker", worker_main,
+                    worker_pipe, lifeline, inherited,
                     self._initializer, self._initargs, self._max_memory,
                     self._resources, log_config, marks,
                 )
