@@ -10,6 +10,7 @@ start, which recycling and timeouts pay again and again.
 from __future__ import annotations
 
 import sys
+import threading
 
 TYPE_CHECKING = False  # not typing's: this runs in every new worker
 if TYPE_CHECKING:
@@ -28,20 +29,38 @@ def after_import(name: str, fn: Callable[[ModuleType], None]) -> None:
     returns, so code that imports the module sees it set up. An exception
     from ``fn`` is printed to stderr; it does not fail the import.
     """
-    module = sys.modules.get(name)
-    if module is not None:
-        fn(module)
+    if name in sys.modules:
+        __import__(name)  # waits for another thread still running the module
+        fn(sys.modules[name])
         return
-    _finder().pending.setdefault(name, []).append(fn)
+    finder = _finder()
+    with _lock:
+        finder.pending.setdefault(name, []).append(fn)
+    # Another thread may have found the module before the hook was there, and be
+    # running it now: then the hook runs here, once that import is done.
+    if name in sys.modules:
+        __import__(name)
+        with _lock:
+            hooks = finder.pending.get(name, [])
+            mine = fn in hooks
+            if mine:
+                hooks.remove(fn)
+        if mine:
+            fn(sys.modules[name])
+
+
+#: Guards the hooks waiting for each module: they run exactly once.
+_lock = threading.Lock()
 
 
 def _finder() -> _AfterImport:
-    for finder in sys.meta_path:
-        if isinstance(finder, _AfterImport):
-            return finder
-    finder = _AfterImport()
-    sys.meta_path.insert(0, finder)
-    return finder
+    with _lock:
+        for finder in sys.meta_path:
+            if isinstance(finder, _AfterImport):
+                return finder
+        finder = _AfterImport()
+        sys.meta_path.insert(0, finder)
+        return finder
 
 
 class _AfterImport:
@@ -68,7 +87,14 @@ class _AfterImport:
         return spec
 
     def run_hooks(self, module: ModuleType) -> None:
-        for fn in self.pending.pop(module.__name__, ()):
+        name = module.__name__
+        with _lock:
+            if sys.modules.get(name) is not module:
+                # Run outside the import system (``importlib.util.find_spec``, then
+                # ``module_from_spec``): the hooks wait for the real import.
+                return
+            hooks = self.pending.pop(name, [])
+        for fn in hooks:
             try:
                 fn(module)
             except Exception:

@@ -64,7 +64,8 @@ class PassedFd:
 _setup: dict[str, Any] = {}
 #: The tracker's descriptor and the parent's liveness pipe, for the same.
 _fds: dict[str, int] = {}
-#: True while the target and its arguments are unpickled (multiprocessing's ``_inheriting``).
+#: True while the main script re-runs and the target and its arguments are unpickled
+#: (multiprocessing's ``_inheriting``).
 _inheriting = False
 #: The interpreter's own ``__main__``, kept alive once the parent's main script replaces it.
 _old_main: list[ModuleType] = []
@@ -72,18 +73,20 @@ _old_main: list[ModuleType] = []
 
 def main(tracker_fd: int, setup_fd: int) -> None:
     """Read the setup and the target from ``setup_fd``, run the target, exit."""
-    global _inheriting
     _fds["tracker"] = tracker_fd
     _fds["parent"] = os.dup(setup_fd)  # EOF once the parent is gone: parent_process()
     with open(setup_fd, "rb", closefd=True) as source:
         _setup.update(pickle.load(source))
-        _prepare(_setup)
-        _inheriting = True
+        # As in multiprocessing's child: a main script without its
+        # ``if __name__ == "__main__":`` guard that starts a process while it is
+        # re-run here gets multiprocessing's "bootstrapping phase" RuntimeError.
+        _set_inheriting(True)
         try:
+            _prepare(_setup)
             target, args, kwargs = pickle.load(source)
         finally:
-            _inheriting = False
-            _stop_inheriting()
+            _set_inheriting(False)
+    _after_start()
     _quiet_stdin()
     sys.exit(_run(target, args, kwargs))
 
@@ -99,7 +102,7 @@ def _prepare(setup: dict[str, Any]) -> None:
     after_import("multiprocessing.context", _fix_context)
     after_import("multiprocessing.resource_tracker", _fix_resource_tracker)
     if setup.get("log_to_stderr") or "log_level" in setup:
-        pass  # the parent logs multiprocessing: so does the child
+        after_import("multiprocessing.util", _fix_util)
     sys.path[:] = setup["sys_path"]
     sys.argv = setup["sys_argv"]
     os.chdir(setup["dir"])
@@ -214,9 +217,33 @@ def _fix_resource_tracker(tracker: ModuleType) -> None:
     tracker._resource_tracker._fd = _fds["tracker"]
 
 
-def _stop_inheriting() -> None:
+def _fix_util(util: ModuleType) -> None:
+    """The parent's ``multiprocessing.log_to_stderr()`` and logger level, as ``spawn.prepare``
+    applies them."""
+    if _setup.get("log_to_stderr"):
+        util.log_to_stderr()
+    if "log_level" in _setup:
+        util.get_logger().setLevel(_setup["log_level"])
+
+
+def _set_inheriting(flag: bool) -> None:
+    """multiprocessing's ``_inheriting`` flag, here and on ``current_process()`` if loaded."""
+    global _inheriting
+    _inheriting = flag
     process = sys.modules.get("multiprocessing.process")
-    if process is not None:
-        me = process.current_process()
-        if getattr(me, "_inheriting", False):
-            del me._inheriting
+    if process is None:
+        return
+    me = process.current_process()
+    if flag:
+        me._inheriting = True
+    elif getattr(me, "_inheriting", False):
+        del me._inheriting
+
+
+def _after_start() -> None:
+    """What ``Process._bootstrap`` does before the target runs, if multiprocessing is loaded:
+    drop the finalizers registered so far and run the after-fork hooks."""
+    util: Any = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util._finalizer_registry.clear()
+        util._run_after_forkers()

@@ -44,6 +44,13 @@ def multiprocessing_state():
     }
 
 
+def multiprocessing_info(text):
+    """Log through multiprocessing's own logger (``multiprocessing.log_to_stderr``)."""
+    from multiprocessing import util
+
+    util.info(text)
+
+
 def log_after_importing_logging(text):
     import logging  # the first import of logging in this worker
 

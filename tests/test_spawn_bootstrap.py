@@ -50,10 +50,24 @@ def _in_stdlib_spawn_child(fn, *args):
         return pool.submit(fn, *args).result(timeout=60)
 
 
-def test_a_spawned_worker_imports_only_what_its_tasks_use(spawn_pool):
-    loaded = spawn_pool(1).submit(spawn_tasks.loaded, HEAVY).result(timeout=60)
+def _run_python(code: str, cwd=ROOT, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, cwd=cwd, env=environ, timeout=90)
+
+
+def test_a_spawned_worker_imports_only_what_its_tasks_use():
+    # In a fresh interpreter run with -c: a worker re-runs the parent's main module,
+    # which would import what it imports (pytest's own, under pytest).
+    done = _run_python(f"""
+        import safepool
+        from tests import spawn_tasks
+        with safepool.Executor(1, mp_context="spawn") as pool:
+            print(pool.submit(spawn_tasks.loaded, {HEAVY!r}).result(timeout=60))
+    """)
+    assert done.returncode == 0, done.stderr
     # No multiprocessing: started by safepool's bootstrap, not the stdlib's spawn_main.
-    assert loaded == dict.fromkeys(HEAVY, False)
+    assert done.stdout.strip() == repr(dict.fromkeys(HEAVY, False))
 
 
 def test_the_forkserver_and_other_contexts_start_workers_the_stdlib_way():
@@ -134,6 +148,37 @@ def _resource_trackers() -> set[int]:
     return found
 
 
+def test_a_main_script_without_its_guard_cannot_start_processes_from_workers(tmp_path):
+    # As with the stdlib: multiprocessing's "bootstrapping phase" error in each worker,
+    # and the pool gives up with advice instead of every worker running the script.
+    (tmp_path / "unguarded.py").write_text(textwrap.dedent("""
+        import safepool
+        with safepool.Executor(1, mp_context="spawn") as pool:
+            print("result", pool.submit(abs, -1).result(timeout=60), flush=True)
+    """))
+    done = subprocess.run([sys.executable, str(tmp_path / "unguarded.py")], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=90,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode != 0
+    assert "result" not in done.stdout
+    assert "bootstrapping phase" in done.stderr
+    assert "InitializerError" in done.stderr and "__main__" in done.stderr
+
+
+def test_the_parents_multiprocessing_logging_applies_in_the_worker():
+    done = _run_python("""
+        import logging, multiprocessing
+        import safepool
+        from tests import spawn_tasks
+        if __name__ == "__main__":
+            multiprocessing.log_to_stderr(logging.INFO)
+            with safepool.Executor(1, mp_context="spawn", worker_logs=False) as pool:
+                pool.submit(spawn_tasks.multiprocessing_info, "hello").result(timeout=60)
+    """)
+    assert done.returncode == 0, done.stderr
+    assert "[INFO/safepool-worker" in done.stderr and "] hello" in done.stderr
+
+
 @pytest.mark.parametrize("as_module", [False, True], ids=["script", "module"])
 def test_functions_of_the_main_module_run_in_spawned_workers(tmp_path, as_module):
     script = textwrap.dedent("""
@@ -165,15 +210,25 @@ def test_functions_of_the_main_module_run_in_spawned_workers(tmp_path, as_module
     assert lines.count("imported as __mp_main__") >= 4
 
 
-def test_unknown_preparation_data_falls_back_to_the_stdlib_bootstrap(spawn_pool, monkeypatch):
+def test_patched_spawn_machinery_is_left_to_run(spawn_pool, monkeypatch):
+    # coverage and tracers patch these to follow child processes: their patch must run.
     from multiprocessing import spawn
 
     prepare = spawn.get_preparation_data
 
     def with_a_new_key(name):
-        return {**prepare(name), "a_key_from_a_newer_python": 1}
+        return {**prepare(name), "a_tracers_key": 1}
 
     monkeypatch.setattr(spawn, "get_preparation_data", with_a_new_key)
+    assert local_spawn.worker_context(multiprocessing.get_context("spawn")) is None
+    pool = spawn_pool(1)
+    loaded = pool.submit(spawn_tasks.loaded, ["multiprocessing.spawn"])
+    assert loaded.result(timeout=60) == {"multiprocessing.spawn": True}  # spawn_main ran
+
+
+def test_preparation_data_it_cannot_apply_falls_back_to_the_stdlib(spawn_pool, monkeypatch):
+    # As on a newer Python whose multiprocessing sends a key _spawnchild does not know.
+    monkeypatch.setattr(local_spawn, "_SETUP_KEYS", local_spawn._SETUP_KEYS - {"dir"})
     pool = spawn_pool(1)
     loaded = pool.submit(spawn_tasks.loaded, ["multiprocessing.spawn"])
     assert loaded.result(timeout=60) == {"multiprocessing.spawn": True}  # spawn_main ran
@@ -213,6 +268,21 @@ def test_a_hook_for_a_module_already_imported_runs_at_once():
     seen = []
     _importhooks.after_import("os", lambda m: seen.append(m.__name__))
     assert seen == ["os"]
+
+
+def test_a_module_run_outside_the_import_system_leaves_the_hook_for_the_real_import(
+    fresh_module,
+):
+    import importlib.util
+
+    seen = []
+    _importhooks.after_import(fresh_module, lambda m: seen.append(m))
+    spec = importlib.util.find_spec(fresh_module)
+    private = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(private)
+    assert seen == []
+    module = __import__(fresh_module)
+    assert seen == [module] and module is not private
 
 
 def test_a_failing_hook_does_not_fail_the_import(fresh_module, capsys):

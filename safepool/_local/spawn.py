@@ -50,7 +50,22 @@ def worker_context(context: BaseContext) -> BaseContext | None:
         return None
     if getattr(sys, "frozen", False):  # a frozen app's executable is not a Python
         return None
+    if not _spawn_is_the_stdlibs():
+        return None
     return _CONTEXT
+
+
+def _spawn_is_the_stdlibs() -> bool:
+    """Whether multiprocessing's spawn machinery is its own: a tool that patches it (coverage,
+    viztracer and other tracers do, to follow child processes) must see its patch run."""
+    from multiprocessing import process
+
+    parts = (spawn.get_command_line, spawn.spawn_main, spawn._main, spawn.prepare,
+             spawn.get_preparation_data, getattr(process.BaseProcess, "_bootstrap", None))
+    return all(getattr(part, "__module__", None) in _STDLIB_MODULES for part in parts)
+
+
+_STDLIB_MODULES = frozenset({"multiprocessing.spawn", "multiprocessing.process"})
 
 
 class SpawnPopen(popen_spawn_posix.Popen):
@@ -90,7 +105,9 @@ class SpawnPopen(popen_spawn_posix.Popen):
         try:
             parent_r, child_w = os.pipe()  # EOF on parent_r: the child has exited
             child_r, parent_w = os.pipe()  # the setup, then the call
-            code = (f"import sys; sys.path.insert(0, {_SAFEPOOL_HOME!r}); "
+            # What safepool's first modules import comes from the standard library
+            # before safepool's directory goes first on the path.
+            code = (f"import sys, pickle, __future__; sys.path.insert(0, {_SAFEPOOL_HOME!r}); "
                     f"from safepool._spawnchild import main; main({tracker_fd}, {child_r})")
             executable = spawn.get_executable()
             self._fds.extend([child_r, child_w])
