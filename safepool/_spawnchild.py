@@ -27,8 +27,8 @@ multiprocessing.
 
 from __future__ import annotations
 
+import _pickle as pickle  # what pickle exports, without its imports (see _transport)
 import os
-import pickle
 import sys
 
 from safepool._importhooks import after_import

@@ -41,10 +41,12 @@ that task's future and never desynchronises the pipe.
 
 from __future__ import annotations
 
+# The C pickler, which is what ``pickle`` exports on CPython: importing ``pickle``
+# itself also imports ``re`` and ``enum``, about a tenth of a spawned worker's start.
+import _pickle as pickle
 import copyreg
 import io
 import os
-import pickle
 import struct
 import sys
 import threading
@@ -103,7 +105,7 @@ MARK_SLOTS = 64
 #: The message that asks a worker to run its teardown and exit.
 EXIT = b""
 
-_PROTOCOL = pickle.HIGHEST_PROTOCOL
+_PROTOCOL = 5  # pickle.HIGHEST_PROTOCOL (tests/test_spawn_bootstrap.py checks)
 #: What to do about a result that cannot cross back to the parent.
 _RESULT_HINT = "Return plain data (numbers, strings, lists, dicts, dataclasses) from tasks"
 

@@ -31,12 +31,14 @@ may send from any of the task's threads while the main thread replies.
 
 from __future__ import annotations
 
+# The C module that ``signal`` wraps in enums: ``signal`` imports ``enum``, about a
+# tenth of a spawned worker's start, for names this module never shows anyone.
+import _signal as signal  # type: ignore[import-not-found]  # no stub: a C module
 import os
 
 # Loaded here so that a forkserver that preloads this module has it ready for
 # every worker it forks: multiprocessing re-runs the main script through runpy.
 import runpy  # noqa: F401
-import signal
 import threading
 import time
 

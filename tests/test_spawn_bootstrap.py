@@ -27,7 +27,7 @@ from tests.test_logging_bridge import ListHandler
 
 pytestmark = pytest.mark.timeout(120)
 
-HEAVY = ("multiprocessing", "logging", "typing", "traceback")
+HEAVY = ("multiprocessing", "logging", "typing", "traceback", "pickle", "signal")
 
 
 @pytest.fixture
@@ -68,6 +68,15 @@ def test_a_spawned_worker_imports_only_what_its_tasks_use():
     assert done.returncode == 0, done.stderr
     # No multiprocessing: started by safepool's bootstrap, not the stdlib's spawn_main.
     assert done.stdout.strip() == repr(dict.fromkeys(HEAVY, False))
+
+
+def test_the_transport_pickles_with_the_highest_protocol():
+    import pickle
+
+    from safepool import _transport
+
+    assert _transport._PROTOCOL == pickle.HIGHEST_PROTOCOL
+    assert _transport.pickle.Pickler is pickle.Pickler  # the C pickler pickle exports
 
 
 def test_the_forkserver_and_other_contexts_start_workers_the_stdlib_way():

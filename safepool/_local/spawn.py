@@ -107,7 +107,8 @@ class SpawnPopen(popen_spawn_posix.Popen):
             child_r, parent_w = os.pipe()  # the setup, then the call
             # What safepool's first modules import comes from the standard library
             # before safepool's directory goes first on the path.
-            code = (f"import sys, pickle, __future__; sys.path.insert(0, {_SAFEPOOL_HOME!r}); "
+            code = (f"import sys, _pickle, __future__, threading; "
+                    f"sys.path.insert(0, {_SAFEPOOL_HOME!r}); "
                     f"from safepool._spawnchild import main; main({tracker_fd}, {child_r})")
             executable = spawn.get_executable()
             self._fds.extend([child_r, child_w])
