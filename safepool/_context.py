@@ -40,6 +40,8 @@ EXECUTOR_MODULE = "safepool._executor"
 _LIGHT = frozenset({"safepool", "safepool._resource_runtime", "safepool._resources"})
 #: 3.15+ (PEP 810): the placeholder a ``lazy import`` binds until first use.
 _LAZY_IMPORT: type | None = getattr(types, "LazyImportType", None)
+#: What ``from module import name`` binds, as opposed to an object made by running code.
+_IMPORTABLE = (type, types.FunctionType, types.BuiltinFunctionType)
 
 
 def default_start_method() -> str:
@@ -154,9 +156,16 @@ def _workers_need_executor() -> bool:
     imports whatever the main module imported; and a worker that unpickles a
     ``@safepool.task`` function imports its module, which imports the executor.
     If neither applies, preloading only the worker keeps the first worker's
-    start short (the forkserver starts before it). A 3.15 ``lazy import`` in
-    the main module is skipped without being loaded: looking at it in almost
-    any way would import it, and the worker will not import it eagerly either.
+    start short (the forkserver starts before it, and the executor side brings
+    pebble, asyncio and psutil: about as long again as the rest of the start).
+
+    Only what an import binds counts (modules, classes, functions): an
+    *instance* of a safepool class in the main module's globals, such as the
+    ``pool`` of ``with safepool.Executor() as pool:``, was made by code under
+    ``if __name__ == "__main__":``, which a worker does not re-run. A 3.15
+    ``lazy import`` in the main module is skipped without being loaded: looking
+    at it in almost any way would import it, and the worker will not import it
+    eagerly either.
     """
     if "safepool._task" in sys.modules:
         return True
@@ -167,10 +176,13 @@ def _workers_need_executor() -> bool:
     for value in list(vars(main).values()):
         if _LAZY_IMPORT is not None and type(value) is _LAZY_IMPORT:
             continue
+        name: object
         if isinstance(value, ModuleType):
             name = value.__name__
+        elif isinstance(value, _IMPORTABLE):
+            name = getattr(value, "__module__", None)
         else:
-            name = getattr(value, "__module__", None) or type(value).__module__
+            continue  # an instance: see above
         if isinstance(name, str) and name.split(".")[0] == "safepool" and name not in _LIGHT:
             return True
         if name == "safepool" and not isinstance(value, ModuleType):

@@ -356,9 +356,44 @@ def test_the_forkserver_preloads_the_executor_only_when_workers_will_import_it(m
     heavy.Executor = safepool.Executor
     monkeypatch.setitem(sys.modules, "__main__", heavy)
     assert _context._workers_need_executor() is True
+    # `with safepool.Executor() as pool:` under the main guard: the worker does not
+    # re-run it, so the pool in the main module's globals needs no executor there.
     monkeypatch.setitem(sys.modules, "__main__", light)
+    with safepool.Executor(1) as pool:
+        light.pool = pool
+        assert _context._workers_need_executor() is False
+    del light.pool
     monkeypatch.setitem(sys.modules, "safepool._task", types.ModuleType("safepool._task"))
     assert _context._workers_need_executor() is True  # @safepool.task modules import it
+
+
+def test_a_script_that_makes_its_pool_under_the_main_guard_starts_light_workers(tmp_path):
+    """The common script: ``import safepool`` at the top, the pool under the guard. Its
+    forkserver must not preload the executor side (pebble, asyncio, psutil), which would
+    hold back the first worker by the whole import, and its workers do not need it."""
+    import os
+    import subprocess
+    import textwrap
+
+    from tests.conftest import ROOT
+
+    (tmp_path / "light_script.py").write_text(textwrap.dedent("""
+        import sys
+        import safepool
+
+        def heavy_modules_loaded():
+            return sorted(m for m in ("safepool._executor", "pebble", "psutil", "asyncio")
+                          if m in sys.modules)
+
+        if __name__ == "__main__":
+            with safepool.Executor(1, mp_context="forkserver") as pool:
+                print(pool.submit(heavy_modules_loaded).result(timeout=60), flush=True)
+    """))
+    done = subprocess.run([sys.executable, str(tmp_path / "light_script.py")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=90,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_a_process_kept_from_the_processes_view_stays_usable_after_its_worker_is_gone(
