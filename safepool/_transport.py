@@ -52,6 +52,8 @@ import sys
 import threading
 from collections import deque
 
+from safepool import _fnref
+
 # The error types and the pickling diagnostics (``_errors``, ``_pickling``), and
 # traceback, are imported where they are needed, not here: a worker imports this
 # module on its way to running its first task, and those are for when something
@@ -127,6 +129,18 @@ OOB_MIN = 64 * 1024
 #: The first byte of a call with out-of-band buffers (a plain pickle starts with 0x80).
 _OOB = b"B"
 _COUNT = struct.Struct("!I")
+#: The first byte of a call whose function went by reference (``safepool._fnref``):
+#: then the reference's length, the reference, and the pickled ``(args, kwargs)``.
+_BY_REF = b"F"
+_REF_LENGTH = struct.Struct("!H")
+_REF_START = 1 + _REF_LENGTH.size
+
+
+def _ref_header(ref: bytes) -> bytes | None:
+    """What goes before the arguments of a call to the function ``ref`` names."""
+    if len(ref) > 0xFFFF:
+        return None
+    return _BY_REF + _REF_LENGTH.pack(len(ref)) + ref
 
 
 class OutOfBandCall:
@@ -165,8 +179,15 @@ Payload = bytes | OutOfBandCall
 
 
 def load_call(data: bytes) -> Any:
-    """Unpickle a call made by ``dumps_call``, in a worker."""
-    if data[:1] != _OOB:
+    """Unpickle a call made by ``dumps_call`` or a ``CallPickler``, in a worker."""
+    first = data[:1]
+    if first == _BY_REF:
+        (size,) = _REF_LENGTH.unpack_from(data, 1)
+        end = _REF_START + size
+        fn = _fnref.function(data[_REF_START:end])  # first, as a plain pickle finds it
+        args, kwargs = pickle.loads(memoryview(data)[end:])
+        return fn, args, kwargs
+    if first != _OOB:
         return pickle.loads(data)
     (count,) = _COUNT.unpack_from(data, 1)
     pos = 1 + _COUNT.size
@@ -537,9 +558,12 @@ class CallPickler:
     (each calling thread has its own, through [`pickle_call`][]; the manager its own).
 
     Making a pickler is most of the cost of pickling a small call: this one is
-    made once, and cleared between calls. The result is what [`dumps_call`][]
-    gives, which it falls back to for a call with big ``bytes`` arguments (out
-    of band) and for a call that cannot be pickled (to name what cannot).
+    made once, and cleared between calls. So is the reference of a plain
+    top-level function, which is the other part of it (``safepool._fnref``):
+    the call then goes as that reference followed by the pickled arguments.
+    Otherwise the result is what [`dumps_call`][] gives, which it falls back
+    to for a call with big ``bytes`` arguments (out of band) and for a call
+    that cannot be pickled (to name what cannot).
     """
 
     def __init__(self) -> None:
@@ -547,6 +571,7 @@ class CallPickler:
         self._pickler: pickle.Pickler | None = None
         self._table: dict[Any, Any] | None = None
         self._busy = False  # a __reduce__ that submits pickles its call while this one is
+        self._refs = _fnref.References(_ref_header)
 
     def refresh(self) -> None:
         """Take up reducers registered since the last call (``copyreg``, ``ForkingPickler``).
@@ -567,7 +592,8 @@ class CallPickler:
         buffer.truncate()
         self._busy = True
         try:
-            pickler.dump((fn, args, kwargs))
+            head = self._refs.reference(fn)
+            pickler.dump((fn, args, kwargs) if head is None else (args, kwargs))
         except BaseException as exc:
             self._pickler = None  # a dump cut short may leave it half-way through a frame
             from safepool import _pickling
@@ -585,7 +611,7 @@ class CallPickler:
             # clear_memo() empties the memo but keeps its size: after a call with
             # many objects, every later clear would sweep that whole table.
             self._pickler = None
-        return payload
+        return payload if head is None else head + payload
 
 
 _callers = threading.local()

@@ -10,6 +10,7 @@ its own.
 from __future__ import annotations
 
 import copyreg
+import pickle
 import sys
 import threading
 
@@ -96,9 +97,15 @@ def test_each_thread_keeps_its_own_pickler():
 
 
 def test_a_kept_pickler_gives_what_a_fresh_one_gives():
-    call = (mt.double, (1, "two", [3.0], {"four": (5,)}), {"six": None})
-    assert _transport.pickle_call(*call) == _transport.dumps_call(*call)
-    assert _transport.pickle_call(*call) == _transport.dumps_call(*call)  # memo cleared
+    """The same arguments, pickled the same way; the function goes ahead of them by
+    reference (``safepool._fnref``); the worker unpickles the same call from both."""
+    fn, args, kwargs = call = (mt.double, (1, "two", [3.0], {"four": (5,)}), {"six": None})
+    fresh = _transport.dumps_call(*call)
+    by_reference = _transport._ref_header(pickle.dumps(fn, 5))
+    for _ in range(2):  # the second time with the memo cleared and the reference kept
+        kept = _transport.pickle_call(*call)
+        assert kept == by_reference + _transport._dumps((args, kwargs))
+        assert _transport.load_call(kept) == _transport.load_call(fresh) == call
 
 
 def test_a_big_call_does_not_leave_a_big_memo_behind():
