@@ -610,10 +610,12 @@ class Executor(cf.Executor):
         span, ended with its outcome when the future resolves (``safepool._tracing``).
         Without OpenTelemetry imported, the only added cost is one ``sys.modules`` lookup.
         """
-        check_callable(fn)
+        if not callable(fn):  # (this runs for every task: check_callable only to raise)
+            check_callable(fn)
         if timeout is _UNSET:
-            timeout = _timeout_of(fn)
-            if timeout is None:
+            # _timeout_of(fn), inlined
+            timeout = getattr(fn, "__safepool_timeout__", None)
+            if not isinstance(timeout, float):
                 timeout = self._timeout
         future: SafeFuture[T] = self._future_class()
         if self._log_unretrieved:

@@ -90,7 +90,9 @@ class References:
         kept = self._kept.get(fn)
         if kept is not None:
             ref, modname, module, name = kept
-            if _still_named(fn, modname, module, name):
+            # _still_named, inlined: this runs for every call submitted.
+            if (sys.modules.get(modname) is module and fn.__module__ == modname
+                    and fn.__qualname__ == name and getattr(module, name, None) is fn):
                 return ref
             del self._kept[fn]
         names = _names(fn)

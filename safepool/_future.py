@@ -17,9 +17,9 @@
 It is also lighter: its ``threading.Condition`` (8 of the 11 objects a stdlib
 future is made of, each one tracked by the garbage collector) is made only
 when something needs it: a thread waiting for the result, ``wait``,
-``as_completed``, a done-callback, ``cancel()``. The future's own reentrant
-lock is made at once and guards its state throughout; the Condition, when
-made, is built on that lock.
+``as_completed``, a done-callback, ``cancel()``. So are its lists of waiters
+and of done-callbacks. The future's own reentrant lock is made at once and
+guards its state throughout; the Condition, when made, is built on that lock.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from _thread import RLock as _RLock
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
@@ -87,17 +88,40 @@ class SafeFuture(Future[T]):
     #: The pid of the worker it was sent to last (None until then): the trace span's.
     _worker_pid: int | None = None
 
+    #: The lists behind ``_waiters`` and ``_done_callbacks``, made when first needed
+    #: (most futures get neither a waiter from ``wait`` nor a callback).
+    _waiter_list: list[Any] | None = None
+    _callback_list: list[Callable[[Future[T]], object]] | None = None
+
     def __init__(self) -> None:
-        # Future.__init__ (the same on 3.10 to 3.15), but for the Condition: see _condition.
-        # Its lock is made now (one object, not tracked by the garbage collector) and
-        # guards the state from the start; the Condition is built on it when needed.
-        self._state_lock = threading.RLock()
+        # Future.__init__ (the same on 3.10 to 3.15), but for the Condition (see
+        # _condition) and the lists (above). The lock is made now (one object, not
+        # tracked by the garbage collector) and guards the state from the start; the
+        # Condition is built on it when needed. The state is set here, not read
+        # through the class until it changes: every future's attributes are then
+        # set in one order, which keeps them in CPython's compact per-class layout.
+        self._state_lock = _RLock()
         self._cond: threading.Condition | None = None
         self._state = PENDING
         self._result: Any = None
         self._exception: BaseException | None = None
-        self._waiters: list[Any] = []
-        self._done_callbacks: list[Callable[[Future[T]], object]] = []
+
+    @property
+    def _waiters(self) -> list[Any]:  # type: ignore[override]
+        """The stdlib's ``Future._waiters``, made on first use (by ``wait`` and
+        ``as_completed``, under the future's lock)."""
+        waiters = self._waiter_list
+        if waiters is None:
+            waiters = self._waiter_list = []
+        return waiters
+
+    @property
+    def _done_callbacks(self) -> list[Callable[[Future[T]], object]]:
+        """The stdlib's ``Future._done_callbacks``, made on first use (under the lock)."""
+        callbacks = self._callback_list
+        if callbacks is None:
+            callbacks = self._callback_list = []
+        return callbacks
 
     @property
     def _condition(self) -> threading.Condition:  # type: ignore[override]
@@ -149,14 +173,15 @@ class SafeFuture(Future[T]):
             if not refused:
                 self._result = result
                 self._state = FINISHED
-                for waiter in self._waiters:
-                    waiter.add_result(self)
+                if self._waiter_list:
+                    for waiter in self._waiter_list:
+                        waiter.add_result(self)
                 cond = self._cond  # (None: nobody waits)
                 if cond is not None and cond._waiters:  # type: ignore[attr-defined]
                     cond.notify_all()
         if refused:  # raised once the lock is released: repr takes the future's lock
             raise InvalidStateError(f"{self._state}: {self!r}")
-        if self._done_callbacks:
+        if self._callback_list:
             self._invoke_callbacks()
 
     def set_exception(self, exception: BaseException | None) -> None:
@@ -177,7 +202,7 @@ class SafeFuture(Future[T]):
     def _invoke_callbacks(self) -> None:
         # The stdlib catches only Exception: a callback raising SystemExit would
         # skip the other callbacks and end the manager thread that ran it.
-        for callback in self._done_callbacks:
+        for callback in self._callback_list or ():
             try:
                 callback(self)
             except KeyboardInterrupt:

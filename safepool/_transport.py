@@ -391,7 +391,12 @@ def _pipe_end(passed: Any) -> PipeEnd:
     return PipeEnd(passed.detach())
 
 _table: dict[Any, Any] = {}
-_seen: tuple[dict[Any, Any], dict[Any, Any]] | None = None  # the registries it was made of
+#: Copies of the registries ``_table`` was made of: copyreg's, then ``ForkingPickler``'s.
+_seen: tuple[dict[Any, Any], dict[Any, Any]] = ({}, {})
+#: The registries themselves, once ``multiprocessing.reduction`` is imported. Both
+#: are changed in place (``copyreg.pickle``, ``ForkingPickler.register``), so they
+#: are looked up once, not at every call.
+_live: tuple[dict[Any, Any], dict[Any, Any]] | None = None
 
 
 def _dispatch_table() -> dict[Any, Any]:
@@ -403,18 +408,25 @@ def _dispatch_table() -> dict[Any, Any]:
     the comparison is by identity first, a fraction of a microsecond).
     """
     global _table, _seen
+    live, seen = _live or _registries(), _seen
+    if seen[0] != live[0] or seen[1] != live[1]:
+        # One copy of each, for the table and for the comparison: a reducer registered
+        # by another thread meanwhile is then either in both or noticed next time.
+        registered, forking = dict(live[0]), dict(live[1])
+        _table, _seen = {**registered, **forking}, (registered, forking)
+    return _table
+
+
+def _registries() -> tuple[dict[Any, Any], dict[Any, Any]]:
+    """copyreg's registry and ``ForkingPickler``'s (kept once it exists)."""
+    global _live
     # multiprocessing's reducers exist once it is imported: a worker started by
     # safepool's own spawn imports it only if a task uses it (``_spawnchild``).
     reduction = sys.modules.get("multiprocessing.reduction")
-    extra: dict[Any, Any] = (
-        getattr(reduction.ForkingPickler, "_extra_reducers", {}) if reduction else {}
-    )
-    if _seen is None or _seen[0] != copyreg.dispatch_table or _seen[1] != extra:
-        # One copy of each, for the table and for the comparison: a reducer registered
-        # by another thread meanwhile is then either in both or noticed next time.
-        registered, forking = dict(copyreg.dispatch_table), dict(extra)
-        _table, _seen = {**registered, **forking}, (registered, forking)
-    return _table
+    if reduction is None:
+        return copyreg.dispatch_table, {}
+    _live = copyreg.dispatch_table, getattr(reduction.ForkingPickler, "_extra_reducers", {})
+    return _live
 
 
 def _dumps(obj: Any) -> bytes:
@@ -470,9 +482,10 @@ def _has_big_bytes(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
     for value in args:
         if type(value) is bytes and len(value) >= OOB_MIN:
             return True
-    for value in kwargs.values():  # noqa: SIM110 - loops: no generator made for each call
-        if type(value) is bytes and len(value) >= OOB_MIN:
-            return True
+    if kwargs:
+        for value in kwargs.values():  # (loops: no generator made per call)
+            if type(value) is bytes and len(value) >= OOB_MIN:
+                return True
     return False
 
 
@@ -576,7 +589,7 @@ class CallPickler:
     def refresh(self) -> None:
         """Take up reducers registered since the last call (``copyreg``, ``ForkingPickler``).
         Called once per round of calls rather than for each."""
-        if self._pickler is not None and _dispatch_table() is not self._table:
+        if _dispatch_table() is not self._table:
             self._pickler = None
 
     def dumps(self, fn: Callable[..., Any], args: tuple[Any, ...],
@@ -587,15 +600,15 @@ class CallPickler:
         if pickler is None:
             pickler = self._pickler = pickle.Pickler(self._buffer, _PROTOCOL)
             pickler.dispatch_table = self._table = _dispatch_table()
-        buffer = self._buffer
-        buffer.seek(0)
-        buffer.truncate()
+        buffer = self._buffer  # empty between calls
         self._busy = True
         try:
             head = self._refs.reference(fn)
             pickler.dump((fn, args, kwargs) if head is None else (args, kwargs))
         except BaseException as exc:
             self._pickler = None  # a dump cut short may leave it half-way through a frame
+            buffer.seek(0)
+            buffer.truncate()
             from safepool import _pickling
 
             if _pickling.may_be_ctrl_c(exc):
@@ -620,11 +633,12 @@ _callers = threading.local()
 def pickle_call(fn: Callable[..., Any], args: tuple[Any, ...],
                 kwargs: Mapping[str, Any]) -> Payload:
     """[`dumps_call`][], with a [`CallPickler`][] kept per calling thread (``submit``)."""
-    pickler: CallPickler | None = getattr(_callers, "pickler", None)
-    if pickler is None:
+    try:
+        pickler: CallPickler = _callers.pickler
+    except AttributeError:
         pickler = _callers.pickler = CallPickler()
-    else:
-        pickler.refresh()
+    if pickler._table is not _dispatch_table():  # (CallPickler.refresh, inlined: per call)
+        pickler._pickler = None
     return pickler.dumps(fn, args, kwargs)
 
 

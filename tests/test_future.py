@@ -99,13 +99,26 @@ def test_a_cancelled_future_never_starts_and_wakes_its_waiters():
 
 
 def test_it_has_every_attribute_a_stdlib_future_has():
-    """``SafeFuture.__init__`` does ``Future.__init__``'s work itself (all but the
-    Condition): a field a new Python adds there must be added here too."""
-    stdlib = set(vars(cf.Future()))
-    ours = set(vars(SafeFuture()))
-    assert stdlib - {"_condition"} <= ours
-    assert "_condition" not in ours  # made on first use
-    assert isinstance(SafeFuture()._condition, threading.Condition)
+    """``SafeFuture.__init__`` does ``Future.__init__``'s work itself, but for the
+    Condition and the lists, made on first use: a field a new Python adds there must be
+    added here too, with the same starting value."""
+    stdlib, ours = cf.Future(), SafeFuture()
+    for name, value in vars(stdlib).items():
+        if name == "_condition":
+            assert isinstance(ours._condition, threading.Condition)
+        else:
+            assert getattr(ours, name) == value, name
+    made_later = {"_condition", "_waiters", "_done_callbacks"}
+    assert not made_later & set(vars(SafeFuture()))
+
+
+def test_the_lists_made_on_first_use_are_each_futures_own():
+    first, second = SafeFuture(), SafeFuture()
+    assert first._waiters is first._waiters
+    assert first._waiters is not second._waiters
+    assert first._done_callbacks is not second._done_callbacks
+    first._done_callbacks.append(print)
+    assert second._done_callbacks == []
 
 
 def test_cancel_racing_start_never_breaks_either_side():

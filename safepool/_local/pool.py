@@ -79,7 +79,7 @@ import sys
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -200,10 +200,9 @@ class Pool(Dispatch, Lifecycle, Deadlines, Stopping, Failures):
 
     # ------------------------------------------------------------------ callers
 
-    def dumps(self, fn: Callable[..., Any], args: tuple[Any, ...],
-              kwargs: Mapping[str, Any]) -> _transport.Payload:
-        """Pickle a call for a worker (see ``safepool._transport.dumps_call``)."""
-        return _transport.pickle_call(fn, args, kwargs)
+    #: Pickle a call for a worker (see ``safepool._transport.dumps_call``); the
+    #: function itself, not a method that calls it: this runs for every task.
+    dumps = staticmethod(_transport.pickle_call)
 
     future_class = SafeFuture
 
@@ -218,7 +217,7 @@ class Pool(Dispatch, Lifecycle, Deadlines, Stopping, Failures):
         caller that passes it on unread (see ``safepool._dask``). Failures the
         parent itself decides (a timeout, a crash, a stop) are still exceptions.
         """
-        self._queue([WorkItem(future, payload, timeout, raw)])
+        self._queue((WorkItem(future, payload, timeout, raw),))
 
     def submit_unpickled(self, calls: list[tuple[SafeFuture[Any], _transport.DeferredCall]],
                          timeout: float | None) -> None:
@@ -233,7 +232,7 @@ class Pool(Dispatch, Lifecycle, Deadlines, Stopping, Failures):
         """
         self._queue([WorkItem(future, b"", timeout, call=call) for future, call in calls])
 
-    def _queue(self, items: list[WorkItem]) -> None:
+    def _queue(self, items: Sequence[WorkItem]) -> None:
         failing: Callable[[], BaseException] | None = None
         with self._lock:
             if self._broken is not None or self._shutdown or _interpreter_exiting:
@@ -254,8 +253,8 @@ class Pool(Dispatch, Lifecycle, Deadlines, Stopping, Failures):
         if failing is not None:  # outside the lock: done-callbacks may submit
             for item in items:
                 item.future.set_exception(failing())
-            return
-        self._wake()
+        elif not self._woken:  # (_wake's own test, first: a burst of submits wakes it once)
+            self._wake()
 
     def reject(self, future: SafeFuture[Any], error: BaseException) -> None:
         """Fail a call that could not be sent (a pickling error), as a submitted task
