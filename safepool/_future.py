@@ -240,7 +240,9 @@ class SafeFuture(Future[T]):
             pass
 
     def __del__(self) -> None:
-        self._report()
+        # _report's first test, inlined: every future ends here, and most were read.
+        if not self._retrieved and self._report_unretrieved:
+            self._report()
 
     def _interrupted(self, exc: KeyboardInterrupt) -> None:
         if exc is self._exception:  # the task itself raised it: that is its outcome

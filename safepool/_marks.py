@@ -78,6 +78,11 @@ class Marks:
         self._view.release()
         self._map.close()
 
+    @property
+    def words(self) -> memoryview:
+        """The shared words themselves, for a caller that reads and writes them often."""
+        return self._view
+
     def __getitem__(self, index: int) -> int:
         return int(self._view[index])
 

@@ -92,6 +92,7 @@ __all__ = [
     "encode_error",
     "encode_result",
     "frame",
+    "frame_header",
     "load_call",
     "message",
     "parse",
@@ -203,18 +204,22 @@ def load_call(data: bytes) -> Any:
     return pickle.loads(stream, buffers=buffers)
 
 
+def frame_header(size: int) -> bytes:
+    """The length prefix ``Connection.send_bytes`` puts in front of ``size`` bytes."""
+    if size > 0x7FFFFFFF:
+        return _LENGTH.pack(-1) + _LONG_LENGTH.pack(size)
+    return _LENGTH.pack(size)
+
+
 def frame(data: Payload) -> bytes:
     """``data`` framed as ``Connection.send_bytes`` frames it."""
-    if type(data) is OutOfBandCall:
+    if isinstance(data, OutOfBandCall):
         parts = data.parts()
-        size = sum(len(p) for p in parts)
-        head = (_LENGTH.pack(-1) + _LONG_LENGTH.pack(size) if size > 0x7FFFFFFF
-                else _LENGTH.pack(size))
-        return b"".join([head, *parts])
-    assert isinstance(data, bytes)
-    if len(data) > 0x7FFFFFFF:
-        return _LENGTH.pack(-1) + _LONG_LENGTH.pack(len(data)) + data
-    return _LENGTH.pack(len(data)) + data
+        return b"".join([frame_header(sum(len(p) for p in parts)), *parts])
+    size = len(data)
+    if size > 0x7FFFFFFF:
+        return frame_header(size) + data
+    return _LENGTH.pack(size) + data  # (frame_header, inlined: one frame per task)
 
 
 def message(
@@ -240,9 +245,11 @@ def parse(data: bytes) -> Message:
 
 def write_all(fd: int, data: bytes) -> None:
     """Write all of ``data`` to a blocking ``fd`` (``OSError`` if the other end is gone)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+    written = os.write(fd, data)
+    if written < len(data):  # a pipe takes a small message whole: the rest is rarely needed
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view):]
 
 
 class FrameReader:
@@ -637,7 +644,11 @@ def pickle_call(fn: Callable[..., Any], args: tuple[Any, ...],
         pickler: CallPickler = _callers.pickler
     except AttributeError:
         pickler = _callers.pickler = CallPickler()
-    if pickler._table is not _dispatch_table():  # (CallPickler.refresh, inlined: per call)
+    # CallPickler.refresh(), for every call, with _dispatch_table's test inlined:
+    # this runs for every task, and the registries almost never change.
+    seen, live = _seen, _live
+    if (live is None or seen[0] != live[0] or seen[1] != live[1]
+            or pickler._table is not _table) and pickler._table is not _dispatch_table():
         pickler._pickler = None
     return pickler.dumps(fn, args, kwargs)
 

@@ -105,15 +105,28 @@ def _kill_own_tree() -> None:
 
 
 class _Sender:
-    """Sends whole messages to the parent, one thread at a time."""
+    """Sends whole messages to the parent, one thread at a time.
+
+    Each is framed as ``Connection.send_bytes`` frames it and written straight to
+    the pipe's descriptor: one system call for a small message, and none of a
+    ``Connection``'s checks and copies (a reply is sent for every task)."""
 
     def __init__(self, conn: WorkerPipe) -> None:
-        self._conn = conn
+        self._conn = conn  # kept: it owns the descriptor
+        self._fd = conn.fileno()
         self._lock = threading.Lock()
 
     def __call__(self, data: bytes) -> None:
         with self._lock:
-            self._conn.send_bytes(data)
+            if len(data) <= _SEND_WHOLE:
+                _transport.write_all(self._fd, _transport.frame(data))
+            else:  # the header on its own: a big message is not copied to go behind it
+                _transport.write_all(self._fd, _transport.frame_header(len(data)))
+                _transport.write_all(self._fd, data)
+
+
+#: Messages up to this size are copied behind their header and written in one call.
+_SEND_WHOLE = 16 * 1024
 
 
 def _forward_logs(send: Callable[[bytes], None], config: BridgeConfig) -> None:
@@ -207,6 +220,9 @@ def _serve(
     reader = _transport.FrameReader(conn.fileno())
     skipped = _transport.message(_transport.SKIPPED)
     slots = _transport.MARK_SLOTS
+    # The marks' words themselves, indexed directly: Marks' own methods are a Python
+    # call each, twice per task.
+    words = marks.words if marks is not None else None
     number = 0
     while True:
         try:
@@ -216,11 +232,11 @@ def _serve(
         if not data:  # EXIT, or EOF: the parent is gone
             return
         number += 1
-        if marks is not None:
-            if marks[1 + number % slots] == number:  # stopped while it waited
+        if words is not None:
+            if words[1 + number % slots] == number:  # stopped while it waited
                 send(skipped)
                 continue
-            marks[0] = number  # before anything of the task runs
+            words[0] = number  # before anything of the task runs
         reply, rss, poison = _run_task(data, rss_of, runtime)
         send(reply)
         if poison is not None or (max_memory is not None and rss > max_memory):

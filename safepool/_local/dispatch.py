@@ -12,6 +12,7 @@ import math
 import pickle
 import time
 from collections.abc import Callable
+from concurrent.futures import InvalidStateError
 from typing import Any
 
 from safepool import _transport
@@ -68,7 +69,8 @@ class Dispatch(PoolState):
             return self._retry.popleft()
         while True:
             with self._lock:
-                if not self._pending or (self._deadlines and self._overdue(self._pending[0])):
+                if not self._pending or (self._deadlines and self._pending[0].call is not None
+                                         and self._overdue(self._pending[0])):
                     return None
                 item = self._pending.popleft()
             if not item.future.start():  # a cancelled pending task never starts
@@ -89,7 +91,7 @@ class Dispatch(PoolState):
                 if not self._pending:
                     return None
                 head = self._pending[0]
-                if self._deadlines and self._overdue(head):
+                if self._deadlines and head.call is not None and self._overdue(head):
                     return None
                 if head.timeout is not None or (head.call is None
                                                 and len(head.payload) > _PREFETCH_PAYLOAD):
@@ -108,9 +110,10 @@ class Dispatch(PoolState):
                 return None
 
     def _overdue(self, head: WorkItem) -> bool:
-        """Whether to end this dispatch round before pickling ``head``, a ``map`` call:
-        a deadline is due. Pickling runs the arguments' ``__reduce__``, which may be
-        slow; a timeout's kill then waits for one call's pickling, not a round's."""
+        """Whether to end this dispatch round before pickling ``head``, a ``map`` call
+        (its callers test ``head.call`` first): a deadline is due. Pickling runs the
+        arguments' ``__reduce__``, which may be slow; a timeout's kill then waits for
+        one call's pickling, not a round's."""
         return head.call is not None and self._deadlines[0][0] <= time.monotonic()
 
     def _pickled(self, item: WorkItem) -> bool:
@@ -240,32 +243,31 @@ class Dispatch(PoolState):
         payload = item.payload
         if type(payload) is bytes and len(payload) <= _PREFETCH_PAYLOAD:
             frames += (_LENGTH.pack(len(payload)), payload)  # joined once, by _dispatch
-            return self._started(worker, item, frames)
-        frames.append(_transport.frame(payload))
-        if len(payload) > _PREFETCH_PAYLOAD:
-            # The worker has it now; a large payload is not kept alive while it runs.
-            # (A small one is kept, to re-send if the worker dies before starting it.)
-            item.payload = b""
-        self._started(worker, item, frames)
-
-    def _started(self, worker: _Worker, item: WorkItem, frames: list[bytes]) -> None:
-        if len(worker.inflight) == 1:
+        else:
+            frames.append(_transport.frame(payload))
+            if len(payload) > _PREFETCH_PAYLOAD:
+                # The worker has it now; a large payload is not kept alive while it runs.
+                # (A small one is kept, to re-send if the worker dies before starting it.)
+                item.payload = b""
+        if len(worker.inflight) == 1:  # it starts now
             worker.state = BUSY
             worker.logged = False
-            self._arm_timeout(worker, item)
+            if item.timeout is not None:
+                self._arm_timeout(worker, item)
         if self._max_tasks is not None and worker.sent >= self._max_tasks:
             # Its last task: EXIT goes right behind it, so it exits without a round trip.
             frames.append(_transport.frame(_transport.EXIT))
             worker.closing = True
 
     def _arm_timeout(self, worker: _Worker, item: WorkItem) -> None:
-        """Start ``item``'s timeout now that it is its worker's head (it starts running)."""
-        if item.timeout is not None:
-            if self._spare_on_demand:  # its kill must not wait for a process start either
-                self._want_a_spare()
-            # The deadline names the task's number, not the item: a task that finishes
-            # early leaves a stale entry that must not keep its future and result.
-            self._push_deadline(time.monotonic() + item.timeout, _TIMEOUT, worker, item.no)
+        """Start ``item``'s timeout, which it has, now that it is its worker's head (it
+        starts running). (Its callers test ``item.timeout`` first: they run per task.)"""
+        assert item.timeout is not None
+        if self._spare_on_demand:  # its kill must not wait for a process start either
+            self._want_a_spare()
+        # The deadline names the task's number, not the item: a task that finishes
+        # early leaves a stale entry that must not keep its future and result.
+        self._push_deadline(time.monotonic() + item.timeout, _TIMEOUT, worker, item.no)
 
     # ----------------------------------------------------------------- replies
 
@@ -329,8 +331,11 @@ class Dispatch(PoolState):
                 self.counters.completed += 1
                 if worker.logged:
                     self._resolve(worker, _set_result, item.future, value)
-                else:  # the common case, without _resolve's indirection
-                    _set_result(item.future, value)
+                else:  # the common case: _set_result, without _resolve's indirection
+                    try:
+                        item.future.set_result(value)
+                    except InvalidStateError:  # pragma: no cover - a stop raced the reply
+                        pass
         else:
             self._count_failed()
             self._resolve(worker, _set_exception, item.future,
@@ -373,10 +378,10 @@ class Dispatch(PoolState):
 
     def _carry_on(self, worker: _Worker) -> None:
         """A busy worker finished (or skipped) its head task: it runs the next, or is free."""
-        head = worker.head
-        if head is not None:  # the next task in its pipe is running now
+        if worker.inflight:  # the next task in its pipe is running now
+            head = worker.inflight[0]
             worker.logged = False
-            if not head.settled:  # (a settled one it skips: it was marked)
+            if head.timeout is not None and not head.settled:  # (a settled one it skips)
                 self._arm_timeout(worker, head)
             return
         if worker.closing:  # EXIT was right behind its last task
