@@ -7,7 +7,11 @@ read many messages with one system call and write many with one.
 
 Parent -> worker: one message per task, the pickled ``(fn, args, kwargs)``
 made by ``dumps_call()`` in the thread that called ``submit``; an empty
-message asks the worker to exit. Several tasks may wait in a worker's pipe
+message asks the worker to exit. A [`CallPickler`][] sends a plain top-level
+function by reference instead (``safepool._fnref``): ``F``, the reference's
+length (2 bytes) and the reference, then the pickled ``(args, kwargs)``. A
+call with big ``bytes`` arguments starts with ``B`` ([`OutOfBandCall`][]);
+a plain pickle starts with its protocol opcode (0x80). Several tasks may wait in a worker's pipe
 (prefetch, see ``_local.dispatch``); the worker runs them strictly in order.
 
 Worker -> parent: one message per event. Each starts with a fixed header,
