@@ -82,6 +82,7 @@ def test_a_submit_while_a_call_is_being_pickled_gets_its_own_pickler(make_pool):
 
 
 def test_each_thread_keeps_its_own_pickler():
+    """And with it its own kept function references (``safepool._fnref``)."""
     picklers = []
 
     def pickle_one() -> None:
@@ -94,6 +95,8 @@ def test_each_thread_keeps_its_own_pickler():
     for thread in threads:
         thread.join(timeout=30)
     assert len({id(p) for p in picklers}) == 3
+    assert len({id(p._refs) for p in picklers}) == 3
+    assert all(mt.double in p._refs._kept for p in picklers)
 
 
 def test_a_kept_pickler_gives_what_a_fresh_one_gives():

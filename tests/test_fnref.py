@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import pickle
 import sys
-import threading
 import types
 
 import pytest
@@ -130,17 +129,3 @@ def test_each_end_keeps_a_bounded_number_of_functions(monkeypatch):
         assert _fnref.function(pickle.dumps(fn, 5)) is fn
         assert len(refs._kept) <= _fnref._KEEP and len(_fnref._functions) <= _fnref._KEEP
 
-
-def test_each_thread_keeps_its_own_references():
-    kept = []
-
-    def pickle_one() -> None:
-        _transport.pickle_call(ft.original, (1,), {})
-        kept.append(_transport._callers.pickler._refs)
-
-    threads = [threading.Thread(target=pickle_one) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert len({id(r) for r in kept}) == 2

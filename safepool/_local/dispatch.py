@@ -70,7 +70,7 @@ class Dispatch(PoolState):
         while True:
             with self._lock:
                 if not self._pending or (self._deadlines and self._pending[0].call is not None
-                                         and self._overdue(self._pending[0])):
+                                         and self._deadline_due()):
                     return None
                 item = self._pending.popleft()
             if not item.future.start():  # a cancelled pending task never starts
@@ -91,7 +91,7 @@ class Dispatch(PoolState):
                 if not self._pending:
                     return None
                 head = self._pending[0]
-                if self._deadlines and head.call is not None and self._overdue(head):
+                if self._deadlines and head.call is not None and self._deadline_due():
                     return None
                 if head.timeout is not None or (head.call is None
                                                 and len(head.payload) > _PREFETCH_PAYLOAD):
@@ -109,12 +109,12 @@ class Dispatch(PoolState):
                 self._retry.appendleft(head)
                 return None
 
-    def _overdue(self, head: WorkItem) -> bool:
-        """Whether to end this dispatch round before pickling ``head``, a ``map`` call
-        (its callers test ``head.call`` first): a deadline is due. Pickling runs the
-        arguments' ``__reduce__``, which may be slow; a timeout's kill then waits for
-        one call's pickling, not a round's."""
-        return head.call is not None and self._deadlines[0][0] <= time.monotonic()
+    def _deadline_due(self) -> bool:
+        """Whether a deadline is due: tested (when there are deadlines) before pickling
+        a ``map`` call, to end this dispatch round first. Pickling runs the arguments'
+        ``__reduce__``, which may be slow; a timeout's kill then waits for one call's
+        pickling, not a round's."""
+        return self._deadlines[0][0] <= time.monotonic()
 
     def _pickled(self, item: WorkItem) -> bool:
         """Pickle a started ``map`` call (``item.call``); False, with its future failed,
