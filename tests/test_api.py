@@ -396,6 +396,38 @@ def test_a_script_that_makes_its_pool_under_the_main_guard_starts_light_workers(
     assert done.stdout.strip() == "[]"
 
 
+def test_a_forked_worker_finds_what_every_child_imports_already_loaded(tmp_path):
+    """What multiprocessing's bootstrap imports in each forkserver child (and ``typing``)
+    is imported once, in the forkserver: a recycled worker does not import it again.
+    Run with ``-m``: ``runpy.run_module`` imports none of them itself, so the main
+    module's top level, re-run in the worker as ``__mp_main__``, sees what it inherited."""
+    import os
+    import subprocess
+    import textwrap
+
+    from safepool._context import CHILD_IMPORTS
+    from tests.conftest import ROOT
+
+    (tmp_path / "child_imports_main.py").write_text(textwrap.dedent(f"""
+        import sys
+        INHERITED = [m for m in {CHILD_IMPORTS!r} if m in sys.modules]
+        import safepool
+
+        def inherited():
+            return sys.modules["__mp_main__"].INHERITED
+
+        if __name__ == "__main__":
+            with safepool.Executor(1, mp_context="forkserver", max_tasks_per_child=1) as pool:
+                print([pool.submit(inherited).result(timeout=60) for _ in range(2)])
+    """))
+    done = subprocess.run([sys.executable, "-m", "child_imports_main"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=90,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path),
+                                                                            str(ROOT)])})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == repr([list(CHILD_IMPORTS)] * 2)  # two workers, each
+
+
 def test_a_process_kept_from_the_processes_view_stays_usable_after_its_worker_is_gone(
     make_pool, fifo, tmp_path
 ):
