@@ -32,7 +32,8 @@ THREAD_PREFIX = "safepool-"
 #: What a worker runs: imported once in the forkserver, so a new worker starts with it loaded.
 WORKER_MODULE = "safepool._worker"
 #: The logging bridge, and logging: a worker imports them only if a task logs (see
-#: ``_worker``), but a forkserver loads them once for all the workers it forks.
+#: ``_worker``). A forkserver loads them once for all the workers it forks when the
+#: main module imports ``logging`` (so every worker would import it anyway).
 BRIDGE_MODULE = "safepool._logbridge"
 #: The rest of safepool (with pebble and psutil): preloaded too when workers will need it.
 EXECUTOR_MODULE = "safepool._executor"
@@ -132,21 +133,30 @@ def preload_in_forkserver(context: BaseContext) -> None:
     A worker forked from the forkserver then starts with safepool already
     imported: a few milliseconds instead of a fresh import, which matters for
     recycling (``max_tasks_per_child``) and for replacing a killed worker; and
-    with what every child imports anyway (``CHILD_IMPORTS``). The
-    modules are added to the forkserver's preload list (the stdlib's
-    ``set_forkserver_preload``), keeping what is there (``__main__`` by
-    default) and, on 3.15+, the application's ``on_error`` choice, which each
-    call would otherwise reset. It takes effect when the forkserver starts, so
-    it does nothing if the application started the forkserver earlier.
+    with what every child imports anyway (``CHILD_IMPORTS``). The logging
+    bridge (with ``logging``) and the executor side are preloaded only when
+    workers will import them anyway: otherwise they would only delay the first
+    worker. The modules are added to the forkserver's preload list (the
+    stdlib's ``set_forkserver_preload``), keeping what is there (``__main__``
+    by default) and, on 3.15+, the application's ``on_error`` choice, which
+    each call would otherwise reset. It takes effect when the forkserver
+    starts, so it does nothing once the forkserver runs.
     """
     if context.get_start_method() != "forkserver":
         return
     from multiprocessing import forkserver
 
     server = getattr(forkserver, "_forkserver", None)
+    if getattr(server, "_forkserver_pid", None) is not None:
+        return  # started: its preload list is read only at its start
     modules = list(getattr(server, "_preload_modules", None) or [])
-    wanted = [WORKER_MODULE, BRIDGE_MODULE, *CHILD_IMPORTS]
-    if _workers_need_executor():
+    imports = _main_module_imports()
+    executor = _workers_need_executor(imports)
+    wanted = [WORKER_MODULE]
+    if executor or _workers_import_logging(imports):
+        wanted.append(BRIDGE_MODULE)
+    wanted += CHILD_IMPORTS
+    if executor:
         wanted.append(EXECUTOR_MODULE)
     missing = [m for m in wanted if m not in modules]
     if not missing:
@@ -158,42 +168,55 @@ def preload_in_forkserver(context: BaseContext) -> None:
         context.set_forkserver_preload([*modules, *missing], on_error=on_error)  # type: ignore[call-arg]
 
 
-def _workers_need_executor() -> bool:
-    """Whether new workers will import the executor side of safepool (and pebble, psutil).
+def _main_module_imports() -> list[tuple[str, bool]]:
+    """What the main module's imports bound, which each new worker imports again when
+    multiprocessing re-runs the main module in it: ``(module name, is a module)`` for
+    each module, and for each class or function (by its ``__module__``).
 
-    multiprocessing re-runs a script's main module in every worker, so a worker
-    imports whatever the main module imported; and a worker that unpickles a
-    ``@safepool.task`` function imports its module, which imports the executor.
-    If neither applies, preloading only the worker keeps the first worker's
-    start short (the forkserver starts before it, and the executor side brings
-    pebble, asyncio and psutil: about as long again as the rest of the start).
-
-    Only what an import binds counts (modules, classes, functions): an
-    *instance* of a safepool class in the main module's globals, such as the
-    ``pool`` of ``with safepool.Executor() as pool:``, was made by code under
-    ``if __name__ == "__main__":``, which a worker does not re-run. A 3.15
-    ``lazy import`` in the main module is skipped without being loaded: looking
-    at it in almost any way would import it, and the worker will not import it
-    eagerly either.
+    Only what an import binds counts: an *instance* in the main module's
+    globals, such as the ``pool`` of ``with safepool.Executor() as pool:``, was
+    made by code under ``if __name__ == "__main__":``, which a worker does not
+    re-run. A package's ``__main__`` is not re-run in workers at all. A 3.15
+    ``lazy import`` is skipped without being loaded: looking at it in almost
+    any way would import it, and the worker will not import it eagerly either.
     """
-    if "safepool._task" in sys.modules:
-        return True
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     if main is None or getattr(spec, "name", "").endswith("__main__"):
-        return False  # a package's __main__ is not re-run in workers
+        return []
+    found: list[tuple[str, bool]] = []
     for value in list(vars(main).values()):
         if _LAZY_IMPORT is not None and type(value) is _LAZY_IMPORT:
             continue
-        name: object
         if isinstance(value, ModuleType):
-            name = value.__name__
+            found.append((value.__name__, True))
         elif isinstance(value, _IMPORTABLE):
             name = getattr(value, "__module__", None)
-        else:
-            continue  # an instance: see above
-        if isinstance(name, str) and name.split(".")[0] == "safepool" and name not in _LIGHT:
+            if isinstance(name, str):
+                found.append((name, False))
+    return found
+
+
+def _workers_need_executor(imports: list[tuple[str, bool]] | None = None) -> bool:
+    """Whether new workers will import the executor side of safepool (and pebble, psutil).
+
+    A worker imports what the main module imported (``imports``, by default
+    read now); and a worker that unpickles a ``@safepool.task`` function imports
+    its module, which imports the executor. If neither applies, preloading only
+    the worker keeps the first worker's start short (the forkserver starts
+    before it, and the executor side brings pebble, asyncio and psutil: about
+    as long again as the rest of the start).
+    """
+    if "safepool._task" in sys.modules:
+        return True
+    for name, is_module in _main_module_imports() if imports is None else imports:
+        if name.split(".")[0] == "safepool" and name not in _LIGHT:
             return True
-        if name == "safepool" and not isinstance(value, ModuleType):
+        if name == "safepool" and not is_module:
             return True  # a public class or function (their __module__ is "safepool")
     return False
+
+
+def _workers_import_logging(imports: list[tuple[str, bool]]) -> bool:
+    """Whether the main module's imports bring ``logging`` into every worker anyway."""
+    return any(name == "logging" or name.startswith("logging.") for name, _ in imports)

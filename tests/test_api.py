@@ -396,9 +396,14 @@ def test_a_script_that_makes_its_pool_under_the_main_guard_starts_light_workers(
     assert done.stdout.strip() == "[]"
 
 
-def test_a_forked_worker_finds_what_every_child_imports_already_loaded(tmp_path):
+@pytest.mark.parametrize("main_imports_logging", [False, True])
+def test_a_forked_worker_finds_what_every_child_imports_already_loaded(tmp_path,
+                                                                     main_imports_logging):
     """What multiprocessing's bootstrap imports in each forkserver child (and ``typing``)
-    is imported once, in the forkserver: a recycled worker does not import it again.
+    is imported once, in the forkserver: a recycled worker does not import it again;
+    ``logging`` too, but only when the main module imports it (so every worker would),
+    since otherwise it only holds back the first worker.
+
     Run with ``-m``: ``runpy.run_module`` imports none of them itself, so the main
     module's top level, re-run in the worker as ``__mp_main__``, sees what it inherited."""
     import os
@@ -408,9 +413,11 @@ def test_a_forked_worker_finds_what_every_child_imports_already_loaded(tmp_path)
     from safepool._context import CHILD_IMPORTS
     from tests.conftest import ROOT
 
+    expected = [*CHILD_IMPORTS, "logging"] if main_imports_logging else list(CHILD_IMPORTS)
     (tmp_path / "child_imports_main.py").write_text(textwrap.dedent(f"""
         import sys
-        INHERITED = [m for m in {CHILD_IMPORTS!r} if m in sys.modules]
+        INHERITED = [m for m in {(*CHILD_IMPORTS, "logging")!r} if m in sys.modules]
+        {"import logging" if main_imports_logging else ""}
         import safepool
 
         def inherited():
@@ -425,7 +432,7 @@ def test_a_forked_worker_finds_what_every_child_imports_already_loaded(tmp_path)
                           env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path),
                                                                             str(ROOT)])})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == repr([list(CHILD_IMPORTS)] * 2)  # two workers, each
+    assert done.stdout.strip() == repr([expected] * 2)  # two workers, each
 
 
 def test_a_process_kept_from_the_processes_view_stays_usable_after_its_worker_is_gone(
