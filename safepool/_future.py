@@ -35,7 +35,7 @@ from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from safepool._errors import TaskStoppedError
-from safepool._worker import run_chunk, run_chunk_single
+from safepool._transport import run_chunk, run_chunk_single
 
 __all__ = ["SafeFuture", "report_unretrieved"]
 

@@ -32,8 +32,7 @@ from typing import TYPE_CHECKING, Any
 from safepool._errors import PicklingError
 from safepool._future import SafeFuture
 from safepool._tracing import TaskSpan, dumps_traced
-from safepool._transport import DeferredCall, SplitChunk
-from safepool._worker import run_chunk, run_chunk_single
+from safepool._transport import DeferredCall, SplitChunk, run_chunk, run_chunk_single
 
 if TYPE_CHECKING:
     from safepool._executor import Executor

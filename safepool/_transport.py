@@ -9,7 +9,10 @@ Parent -> worker: one message per task, the pickled ``(fn, args, kwargs)``
 made by ``dumps_call()`` in the thread that called ``submit``; an empty
 message asks the worker to exit. A [`CallPickler`][] sends a plain top-level
 function by reference instead (``safepool._fnref``): ``F``, the reference's
-length (2 bytes) and the reference, then the pickled ``(args, kwargs)``. A
+length (2 bytes) and the reference, then the pickled ``(args, kwargs)``; a
+``map`` chunk whose function goes by reference starts with ``C`` (a chunk of
+argument tuples, for [`run_chunk`][]) or ``S`` (of single arguments, for
+[`run_chunk_single`][]), then the same reference, then the pickled chunk. A
 call with big ``bytes`` arguments starts with ``B`` ([`OutOfBandCall`][]);
 a plain pickle starts with its protocol opcode (0x80). Several tasks may wait in a worker's pipe
 (prefetch, see ``_local.dispatch``); the worker runs them strictly in order.
@@ -64,7 +67,7 @@ from safepool import _fnref
 # fails. Neither is typing (about 10% of a spawned worker's start).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
     from typing import Any, Protocol
 
     from safepool._errors import PicklingError
@@ -101,6 +104,8 @@ __all__ = [
     "message",
     "parse",
     "pickle_call",
+    "run_chunk",
+    "run_chunk_single",
     "unloadable_result",
     "write_all",
 ]
@@ -137,6 +142,10 @@ _COUNT = struct.Struct("!I")
 #: The first byte of a call whose function went by reference (``safepool._fnref``):
 #: then the reference's length, the reference, and the pickled ``(args, kwargs)``.
 _BY_REF = b"F"
+#: The first byte of a ``map`` chunk whose function went by reference: the same layout,
+#: with the pickled chunk of argument tuples (or of single arguments) after the reference.
+_CHUNK = b"C"
+_CHUNK_SINGLE = b"S"
 _REF_LENGTH = struct.Struct("!H")
 _REF_START = 1 + _REF_LENGTH.size
 
@@ -183,6 +192,23 @@ class OutOfBandCall:
 Payload = bytes | OutOfBandCall
 
 
+def run_chunk(fn: Callable[..., Any], chunk: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Run ``fn`` over a chunk of argument tuples (``map`` with ``chunksize > 1``)."""
+    return [fn(*args) for args in chunk]
+
+
+def run_chunk_single(fn: Callable[[Any], Any], chunk: Sequence[Any]) -> list[Any]:
+    """Run ``fn`` over a chunk of single arguments (``map`` over one iterable): the
+    arguments themselves pickle smaller and faster than a tuple of 1-tuples."""
+    return [fn(arg) for arg in chunk]
+
+
+#: What runs a chunk that went by reference, by its first byte.
+_CHUNK_RUNNERS: dict[bytes, Callable[..., list[Any]]] = {
+    _CHUNK: run_chunk, _CHUNK_SINGLE: run_chunk_single,
+}
+
+
 def load_call(data: bytes) -> Any:
     """Unpickle a call made by ``dumps_call`` or a ``CallPickler``, in a worker."""
     first = data[:1]
@@ -192,6 +218,12 @@ def load_call(data: bytes) -> Any:
         fn = _fnref.function(data[_REF_START:end])  # first, as a plain pickle finds it
         args, kwargs = pickle.loads(memoryview(data)[end:])
         return fn, args, kwargs
+    runner = _CHUNK_RUNNERS.get(first)
+    if runner is not None:
+        (size,) = _REF_LENGTH.unpack_from(data, 1)
+        end = _REF_START + size
+        fn = _fnref.function(data[_REF_START:end])
+        return runner, (fn, pickle.loads(memoryview(data)[end:])), {}
     if first != _OOB:
         return pickle.loads(data)
     (count,) = _COUNT.unpack_from(data, 1)
@@ -607,6 +639,20 @@ class CallPickler:
               kwargs: Mapping[str, Any]) -> Payload:
         if self._busy or _has_big_bytes(args, kwargs):
             return dumps_call(fn, args, kwargs)
+        return self._dump(fn, args, kwargs, None)
+
+    def dumps_chunk(self, runner: Callable[..., Any], args: tuple[Any, ...]) -> Payload:
+        """A ``map`` chunk, ``runner(fn, calls)`` (``run_chunk`` or ``run_chunk_single``):
+        as ``dumps`` would pickle it, or, if ``fn`` goes by reference, as that reference
+        followed by the pickled ``calls`` (the runner named by the first byte), so that
+        ``fn`` is not looked up by name again at each end for every chunk."""
+        if self._busy:
+            return dumps_call(runner, args, {})
+        return self._dump(runner, args, {}, _CHUNK_SINGLE if runner is run_chunk_single
+                          else _CHUNK if runner is run_chunk else None)
+
+    def _dump(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any],
+              chunk: bytes | None) -> Payload:
         pickler = self._pickler
         if pickler is None:
             pickler = self._pickler = pickle.Pickler(self._buffer, _PROTOCOL)
@@ -614,8 +660,12 @@ class CallPickler:
         buffer = self._buffer  # empty between calls
         self._busy = True
         try:
-            head = self._refs.reference(fn)
-            pickler.dump((fn, args, kwargs) if head is None else (args, kwargs))
+            if chunk is not None and (head := self._refs.reference(args[0])) is not None:
+                head = chunk + head[1:]  # the chunk's own first byte, then the reference
+                pickler.dump(args[1])
+            else:
+                head = self._refs.reference(fn)
+                pickler.dump((fn, args, kwargs) if head is None else (args, kwargs))
         except BaseException as exc:
             self._pickler = None  # a dump cut short may leave it half-way through a frame
             buffer.seek(0)

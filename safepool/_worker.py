@@ -52,25 +52,14 @@ from safepool._resource_runtime import WorkerResources, enter_worker, take_poiso
 # worker's start), so ``traceback`` waits for the first error.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable
     from types import ModuleType
     from typing import Any
 
     from safepool._resources import Resource
     from safepool._transport import BridgeConfig, WorkerPipe
 
-__all__ = ["run_chunk", "run_chunk_single", "worker_main"]
-
-
-def run_chunk(fn: Callable[..., Any], chunk: Sequence[tuple[Any, ...]]) -> list[Any]:
-    """Run ``fn`` over a chunk of argument tuples (``map`` with ``chunksize > 1``)."""
-    return [fn(*args) for args in chunk]
-
-
-def run_chunk_single(fn: Callable[[Any], Any], chunk: Sequence[Any]) -> list[Any]:
-    """Run ``fn`` over a chunk of single arguments (``map`` over one iterable): the
-    arguments themselves pickle smaller and faster than a tuple of 1-tuples."""
-    return [fn(arg) for arg in chunk]
+__all__ = ["worker_main"]
 
 
 def _quiet_signals() -> None:

@@ -129,3 +129,54 @@ def test_each_end_keeps_a_bounded_number_of_functions(monkeypatch):
         assert _fnref.function(pickle.dumps(fn, 5)) is fn
         assert len(refs._kept) <= _fnref._KEEP and len(_fnref._functions) <= _fnref._KEEP
 
+
+
+# ------------------------------------------------------------- map chunks
+
+
+@pytest.mark.parametrize("runner, calls, first", [
+    (_transport.run_chunk_single, (1, 2, 3), _transport._CHUNK_SINGLE),
+    (_transport.run_chunk, ((1,), (2,), (3,)), _transport._CHUNK),
+], ids=["single", "tuples"])
+def test_a_chunk_of_a_top_level_function_sends_the_function_by_reference(runner, calls, first):
+    """A ``map`` chunk is ``runner(fn, calls)``: its ``fn``, not only the runner, goes
+    by reference, so neither end looks ``fn`` up by name for each chunk."""
+    pickler = _transport.CallPickler()
+    payload = pickler.dumps_chunk(runner, (ft.original, calls))
+    assert payload[:1] == first
+    assert _transport.load_call(payload) == (runner, (ft.original, calls), {})
+    assert runner(*_transport.load_call(payload)[1]) == [("original", i) for i in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("fn", [functools.partial(ft.original), len, ft.Holder().method],
+                         ids=["partial", "builtin", "bound"])
+def test_a_chunk_of_any_other_callable_is_pickled_as_a_call_of_its_runner(fn):
+    pickler = _transport.CallPickler()
+    payload = pickler.dumps_chunk(_transport.run_chunk_single, (fn, ("ab",)))
+    assert payload[:1] == _transport._BY_REF  # the runner by reference, fn pickled
+    runner, args, kwargs = _transport.load_call(payload)
+    assert runner is _transport.run_chunk_single and kwargs == {}
+    assert runner(*args) == [fn("ab")]
+
+
+def test_a_chunk_whose_function_was_rebound_in_the_parent_fails_as_without_keeping(
+    make_pool, monkeypatch
+):
+    """As without references: the chunk cannot be pickled, so its call is sent alone,
+    and fails with the PicklingError that pickling it afresh raises."""
+    pool = make_pool(1)
+    kept = ft.original
+    assert list(pool.map(kept, [1, 2], chunksize=2)) == [("original", 1), ("original", 2)]
+    monkeypatch.setattr(ft, "original", ft.replacement)
+    with pytest.raises(safepool.PicklingError, match="not the same object"):
+        list(pool.map(kept, [3], chunksize=2))
+    monkeypatch.undo()
+    assert list(pool.map(kept, [5, 6], chunksize=2)) == [("original", 5), ("original", 6)]
+
+
+def test_a_chunk_finds_a_function_rebound_in_the_worker(make_pool):
+    pool = make_pool(1)
+    assert list(pool.map(ft.original, [1, 2], chunksize=2)) == [("original", 1), ("original", 2)]
+    pool.submit(ft.replace_original_here).result(timeout=30)
+    assert list(pool.map(ft.original, [3, 4], chunksize=2)) == [
+        ("replacement", 3), ("replacement", 4)]

@@ -124,7 +124,9 @@ class Dispatch(PoolState):
         assert call is not None
         item.call = None
         try:
-            item.payload = self._call_pickler.dumps(call.fn, call.args, call.kwargs)
+            pickler = self._call_pickler
+            item.payload = (pickler.dumps_chunk(call.fn, call.args) if call.chunk
+                            else pickler.dumps(call.fn, call.args, call.kwargs))
             return True
         except BaseException as exc:  # a PicklingError naming the culprit; anything else too
             error = exc if isinstance(exc, PicklingError) else PicklingError(
