@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def cluster_kwargs(**kwargs):
     kw = dict(
         n_workers=2, threads_per_worker=1, processes=True, host=HOST,
-        dashboard_address=None, silence_logs=logging.ERROR,
+        # None still serves the dashboard on :8787, and a second cluster at once then warns
+        # that the port is taken: a free port, on loopback.
+        dashboard_address=f"{HOST}:0", silence_logs=logging.ERROR,
     )
     kw.update(kwargs)
     return kw
