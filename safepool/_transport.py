@@ -203,27 +203,27 @@ def run_chunk_single(fn: Callable[[Any], Any], chunk: Sequence[Any]) -> list[Any
     return [fn(arg) for arg in chunk]
 
 
-#: What runs a chunk that went by reference, by its first byte.
+#: What runs a chunk that went by reference, by its first byte; and that byte, by runner.
 _CHUNK_RUNNERS: dict[bytes, Callable[..., list[Any]]] = {
     _CHUNK: run_chunk, _CHUNK_SINGLE: run_chunk_single,
 }
+_CHUNK_MARKS = {runner: mark for mark, runner in _CHUNK_RUNNERS.items()}
 
 
 def load_call(data: bytes) -> Any:
     """Unpickle a call made by ``dumps_call`` or a ``CallPickler``, in a worker."""
     first = data[:1]
-    if first == _BY_REF:
+    by_ref = first == _BY_REF
+    runner = None if by_ref else _CHUNK_RUNNERS.get(first)
+    if by_ref or runner is not None:
         (size,) = _REF_LENGTH.unpack_from(data, 1)
         end = _REF_START + size
         fn = _fnref.function(data[_REF_START:end])  # first, as a plain pickle finds it
-        args, kwargs = pickle.loads(memoryview(data)[end:])
+        rest = pickle.loads(memoryview(data)[end:])
+        if runner is not None:  # a map chunk: rest is its calls
+            return runner, (fn, rest), {}
+        args, kwargs = rest
         return fn, args, kwargs
-    runner = _CHUNK_RUNNERS.get(first)
-    if runner is not None:
-        (size,) = _REF_LENGTH.unpack_from(data, 1)
-        end = _REF_START + size
-        fn = _fnref.function(data[_REF_START:end])
-        return runner, (fn, pickle.loads(memoryview(data)[end:])), {}
     if first != _OOB:
         return pickle.loads(data)
     (count,) = _COUNT.unpack_from(data, 1)
@@ -648,8 +648,7 @@ class CallPickler:
         ``fn`` is not looked up by name again at each end for every chunk."""
         if self._busy:
             return dumps_call(runner, args, {})
-        return self._dump(runner, args, {}, _CHUNK_SINGLE if runner is run_chunk_single
-                          else _CHUNK if runner is run_chunk else None)
+        return self._dump(runner, args, {}, _CHUNK_MARKS.get(runner))
 
     def _dump(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any],
               chunk: bytes | None) -> Payload:
